@@ -1,0 +1,226 @@
+"""A running guest: one Machine, one agent Channel, its console, its disks."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import proc, splats
+from .channel import Channel, Result, decode
+from .errors import BootError, CommandFailed, GuestLost, GuestTimeout, MachineError
+from .machine import Machine, Runstate, tail
+from .qemu import MachineSpec, RunPaths
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Disk:
+    """A virtio disk attached to a guest through QMP."""
+
+    name: str
+    host_path: Path
+    path: str  # the device node inside the guest, /dev/vdX
+    size: int
+
+
+def create_overlay(overlay: Path, backing: Path, fmt: str = "qcow2") -> None:
+    overlay.unlink(missing_ok=True)
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", fmt, str(overlay)],
+             MachineError)
+
+
+class Guest:
+    """A guest the lab owns; `run()` executes commands in it through the agent."""
+
+    def __init__(self, spec: MachineSpec, rundir: Path, ssh_port: int | None = None) -> None:
+        rundir.mkdir(parents=True, exist_ok=True)
+        self.rundir = rundir
+        self.paths = RunPaths.in_dir(rundir, ssh_port)
+        self.machine = Machine(spec, self.paths)
+        self.channel = Channel(self.paths.agent)
+        self.disks: list[Disk] = []
+        self.boot_seconds = 0.0
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def state(self) -> Runstate:
+        return self.machine.state
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def boot(self, backing: Path, timeout: float = 180, watchdog: float = 30,
+             progress: Progress | None = None) -> None:
+        """Cold boot from the base image; retry once if the console goes quiet for `watchdog` s."""
+        for attempt in (1, 2):
+            create_overlay(self.paths.root, backing)
+            self.paths.console.write_bytes(b"")
+            start = time.monotonic()
+            self.machine.launch()
+            self.channel = Channel(self.paths.agent)
+            self.channel.connect()
+            try:
+                self._wait_ready(start + timeout, watchdog, progress)
+                self.boot_seconds = time.monotonic() - start
+                self.machine.state = Runstate.READY
+                return
+            except BootError as exc:
+                self.machine.kill()
+                self.channel.close()
+                self.paths.root.unlink(missing_ok=True)
+                if attempt == 2 or "no console output" not in str(exc):
+                    raise
+                if progress:
+                    progress(f"boot stalled ({exc.args[0].splitlines()[0]}); retrying once")
+
+    def _wait_ready(self, deadline: float, watchdog: float, progress: Progress | None) -> None:
+        last_size, last_change = -1, time.monotonic()
+        while True:
+            try:
+                self.channel.request("ping", wait=1.0, time=time.time())
+                return
+            except GuestTimeout:
+                pass
+            except GuestLost as exc:
+                raise self.boot_error(f"QEMU exited while booting (status {self.machine.exitcode}): {exc}")
+            size = self.paths.console.stat().st_size
+            now = time.monotonic()
+            if size != last_size:
+                last_size, last_change = size, now
+                if progress:
+                    progress(f"booting: {size // 1024} KiB of console output")
+            if now - last_change > watchdog:
+                raise self.boot_error(f"no console output for {watchdog:.0f} s (boot watchdog)")
+            if now > deadline:
+                raise self.boot_error("the guest agent did not answer before the boot deadline")
+
+    def boot_error(self, message: str) -> BootError:
+        return BootError(message, self.machine.argv, "console:\n" + tail(self.paths.console, 30))
+
+    def restore(self, backing: Path, state: Path, timeout: float = 60) -> None:
+        """Start a new QEMU from a saved state: the guest resumes where the snapshot left it."""
+        create_overlay(self.paths.root, backing)
+        self.paths.console.write_bytes(b"")
+        start = time.monotonic()
+        self.machine.launch(incoming=state)
+        self.channel = Channel(self.paths.agent)
+        self.channel.connect()
+        self.machine.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+        try:
+            self._wait_incoming(start + timeout)
+            self.machine.qmp("cont")  # the snapshot was taken paused
+            self.channel.request("ping", wait=timeout, time=time.time())
+        except (GuestLost, GuestTimeout) as exc:
+            status = self._migration_status()
+            self.machine.kill()
+            raise BootError(f"restoring {state} failed ({exc}); migration status: {status}",
+                            self.machine.argv, tail(self.paths.log, 10)) from exc
+        self.boot_seconds = time.monotonic() - start
+        self.machine.state = Runstate.READY
+
+    def _wait_incoming(self, deadline: float) -> None:
+        while True:
+            status = self.machine.qmp("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status == "failed" or not self.machine.is_running():
+                raise GuestLost(f"loading the saved state failed (status {status})")
+            if time.monotonic() > deadline:
+                raise GuestTimeout("loading the saved state took too long")
+            time.sleep(0.02)
+
+    def _migration_status(self) -> str:
+        try:
+            return str(self.machine.qmp("query-migrate").get("status"))
+        except Exception as exc:
+            return f"unknown ({exc})"
+
+    # -- using ------------------------------------------------------------------------------
+
+    def run(self, cmd: str | list[str], timeout: float = 60, check: bool = True,
+            input: bytes | str = b"", env: dict[str, str] | None = None) -> Result:
+        """Run `cmd` in the guest (a string goes through /bin/sh -c) and return its Result."""
+        fields: dict[str, Any] = {"argv": cmd} if isinstance(cmd, list) else {"sh": cmd}
+        data = input.encode() if isinstance(input, str) else input
+        reply = self.channel.request("run", wait=timeout + 10, timeout=timeout, env=env or {},
+                                     stdin=base64.b64encode(data).decode(), **fields)
+        result = Result(cmd if isinstance(cmd, str) else shlex.join(cmd), reply["status"],
+                        decode(reply["stdout"]), decode(reply["stderr"]), reply["duration"],
+                        reply["timed_out"])
+        if check and not result.ok:
+            raise CommandFailed(result)
+        return result
+
+    def put(self, path: str, data: bytes | str | Path, mode: int = 0o644) -> None:
+        """Write a file in the guest from bytes, text, or a host file."""
+        raw = data.read_bytes() if isinstance(data, Path) else data.encode() if isinstance(data, str) else data
+        self.channel.request("put", wait=60, path=path, mode=mode, data=base64.b64encode(raw).decode())
+
+    def get(self, path: str) -> bytes:
+        return base64.b64decode(self.channel.request("get", wait=60, path=path)["data"])
+
+    def ping(self, timeout: float = 5.0) -> bool:
+        try:
+            self.channel.request("ping", wait=timeout)
+            return True
+        except (GuestLost, GuestTimeout):
+            return False
+
+    def console_text(self, since: int = 0) -> str:
+        try:
+            with open(self.paths.console, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def console_offset(self) -> int:
+        try:
+            return self.paths.console.stat().st_size
+        except OSError:
+            return 0
+
+    def splats(self, since: int = 0, suppress: tuple[str, ...] = ()) -> list[splats.Splat]:
+        return splats.scan(self.console_text(since), suppress)
+
+    # -- disks ------------------------------------------------------------------------------
+
+    def attach_disk(self, host_path: Path, fmt: str = "raw", name: str | None = None,
+                    shared: bool = False, timeout: float = 30) -> Disk:
+        """Hot-plug `host_path` as a virtio disk and return it once the guest sees it."""
+        name = name or f"disk{len(self.disks) + 1}"
+        file_opts: dict[str, Any] = {"driver": "file", "filename": str(host_path)}
+        if shared:
+            file_opts["locking"] = "off"
+        self.machine.qmp("blockdev-add", driver=fmt, **{"node-name": name}, file=file_opts,
+                         cache={"direct": shared, "no-flush": False})
+        device: dict[str, Any] = {"driver": "virtio-blk-pci", "drive": name, "id": f"{name}-dev",
+                                  "serial": f"fuselab-{name}"}
+        if shared:
+            device["share-rw"] = True
+        self.machine.qmp("device_add", **device)
+        reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout)
+        size = int(self.run(["blockdev", "--getsize64", reply["path"]]).stdout)
+        disk = Disk(name, host_path, reply["path"], size)
+        self.disks.append(disk)
+        return disk
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop QEMU (soft, then hard); safe to call more than once."""
+        self.channel.close()
+        self.machine.shutdown(timeout=1.0)

@@ -1,0 +1,169 @@
+#!/usr/bin/python3
+"""The command agent that runs inside the guest (copied into the image, stdlib only).
+
+It serves one virtio-serial port with newline-delimited JSON requests:
+``{"id": N, "op": "run"|"put"|"get"|"ping"|"disk", ...}`` and answers each with
+``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": "..."}``.
+Requests run in threads, so the host can have several commands in flight.
+Command output goes to temporary files, not pipes: a daemon that inherits
+stdout (a FUSE server, say) cannot keep a command from finishing.
+"""
+
+import base64
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PORT_NAME = "org.fuselab.agent"
+WORK_DIR = "/run/fuselab-agent"
+
+
+def find_port():
+    for path in glob.glob("/sys/class/virtio-ports/*/name"):
+        with open(path) as f:
+            if f.read().strip() == PORT_NAME:
+                return "/dev/" + path.split("/")[-2]
+    return None
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def read_output(f):
+    f.seek(0)
+    return f.read()
+
+
+def op_run(req):
+    timeout = req.get("timeout")
+    env = dict(os.environ, **req.get("env", {}))
+    stdin = base64.b64decode(req.get("stdin", ""))
+    argv = req["argv"] if "argv" in req else ["/bin/sh", "-c", req["sh"]]
+    with tempfile.TemporaryFile(dir=WORK_DIR) as out, tempfile.TemporaryFile(dir=WORK_DIR) as err, \
+            tempfile.TemporaryFile(dir=WORK_DIR) as inp:
+        inp.write(stdin)
+        inp.seek(0)
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=inp, stdout=out, stderr=err, env=env,
+                                cwd=req.get("cwd") or "/", start_new_session=True)
+        timed_out = False
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            status = proc.wait()
+        return {"status": status, "stdout": b64(read_output(out)), "stderr": b64(read_output(err)),
+                "timed_out": timed_out, "duration": time.monotonic() - start}
+
+
+def op_put(req):
+    path = req["path"]
+    tmp = path + ".fuselab-tmp"
+    with open(tmp, "wb") as f:
+        f.write(base64.b64decode(req["data"]))
+    os.chmod(tmp, req.get("mode", 0o644))
+    os.rename(tmp, path)
+    return {}
+
+
+def op_get(req):
+    with open(req["path"], "rb") as f:
+        return {"data": b64(f.read())}
+
+
+def op_ping(req):
+    if req.get("time"):
+        time.clock_settime(time.CLOCK_REALTIME, req["time"])
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot_id = f.read().strip()
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return {"boot_id": boot_id, "uptime": uptime}
+
+
+def op_disk(req):
+    """Wait until a virtio disk with the given serial appears; return its /dev path."""
+    deadline = time.monotonic() + req.get("timeout", 30)
+    while time.monotonic() < deadline:
+        for path in glob.glob("/sys/block/*/serial"):
+            with open(path) as f:
+                if f.read().strip() == req["serial"]:
+                    dev = "/dev/" + path.split("/")[-2]
+                    if os.path.exists(dev):
+                        return {"path": dev}
+        time.sleep(0.02)
+    raise TimeoutError("no disk with serial %r appeared" % req["serial"])
+
+
+OPS = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping, "disk": op_disk}
+
+
+class Agent:
+    def __init__(self, fd):
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, msg):
+        data = (json.dumps(msg) + "\n").encode()
+        with self.lock:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+
+    def handle(self, line):
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            self.send({"id": None, "ok": False, "error": "bad request: %s" % exc})
+            return
+        try:
+            reply = OPS[req["op"]](req)
+            reply.update(id=req.get("id"), ok=True)
+        except Exception as exc:
+            reply = {"id": req.get("id"), "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+        self.send(reply)
+
+    def serve(self):
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except InterruptedError:
+                continue
+            if not chunk:  # host side not connected yet
+                time.sleep(0.01)
+                continue
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    threading.Thread(target=self.handle, args=(line,), daemon=True).start()
+
+
+def main():
+    os.makedirs(WORK_DIR, exist_ok=True)
+    port = None
+    while port is None:
+        port = find_port()
+        if port is None:
+            time.sleep(0.05)
+    while not os.path.exists(port):
+        time.sleep(0.05)
+    fd = os.open(port, os.O_RDWR)
+    print("fuselab-agent: serving %s" % port, file=sys.stderr, flush=True)
+    Agent(fd).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Build the small initramfs: static busybox, the root disk's modules, then switch_root."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import ImageError
+
+INIT_SCRIPT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.list); do insmod /modules/$m || echo "fuselab-initramfs: insmod $m failed"; done
+root=/dev/vda
+for i in $(seq 1 400); do [ -b $root ] && break; sleep 0.05; done
+mkdir -p /newroot
+if ! mount -t ext4 -o rw $root /newroot; then
+    echo "fuselab-initramfs: cannot mount $root"; echo c > /proc/sysrq-trigger
+fi
+umount /proc /sys
+mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+exec switch_root /newroot ${fuselab_init:-/sbin/init}
+"""
+
+
+def module_closure(modules_dir: Path, names: list[str]) -> list[str]:
+    """Return the relative module paths needed for `names`, dependencies first."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+        by_name[module_name(path)] = path
+    ordered: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in ordered:
+            return
+        for dep in deps.get(path, []):
+            visit(dep)
+        ordered.append(path)
+
+    for name in names:
+        key = name.replace("-", "_")
+        if key not in by_name:
+            builtin = (modules_dir / "modules.builtin").read_text() if (modules_dir / "modules.builtin").exists() else ""
+            if f"/{name}.ko" in builtin or f"/{key}.ko" in builtin:
+                continue  # built into the kernel
+            raise ImageError(f"kernel module {name!r} not found in {modules_dir}/modules.dep")
+        visit(by_name[key])
+    return ordered
+
+
+def module_name(path: str) -> str:
+    base = Path(path).name
+    return base.split(".ko")[0].replace("-", "_")
+
+
+def decompress(src: Path) -> bytes:
+    data = src.read_bytes()
+    if src.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if src.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if src.name.endswith(".ko.zst"):
+        return subprocess.run(["zstd", "-dc", str(src)], check=True, capture_output=True).stdout
+    return data
+
+
+def find_busybox() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise ImageError("static busybox not found on the host: install busybox-static (`fuselab setup`)")
+
+
+def build(modules_dir: Path, names: list[str], out: Path, work: Path) -> Path:
+    """Write an initramfs (newc cpio, gzip) to `out` that loads `names` and boots /dev/vda."""
+    tree = work / "initramfs"
+    if tree.exists():
+        shutil.rmtree(tree)
+    for sub in ("bin", "dev", "proc", "sys", "modules", "newroot"):
+        (tree / sub).mkdir(parents=True)
+    shutil.copy2(find_busybox(), tree / "bin" / "busybox")
+    listing = []
+    for rel in module_closure(modules_dir, names):
+        name = module_name(rel) + ".ko"
+        (tree / "modules" / name).write_bytes(decompress(modules_dir / rel))
+        listing.append(name)
+    (tree / "modules.list").write_text("\n".join(listing) + "\n")
+    init = tree / "init"
+    init.write_text(INIT_SCRIPT)
+    init.chmod(0o755)
+    files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    cpio = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"], cwd=tree,
+                          input="\n".join(files).encode(), capture_output=True)
+    if cpio.returncode != 0:
+        raise ImageError(f"cpio failed building the initramfs: {cpio.stderr.decode(errors='replace')}")
+    out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6))
+    shutil.rmtree(tree)
+    return out

@@ -1,0 +1,139 @@
+"""QEMU command lines as data: small functions that each return a list of arguments."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import HostError, SettingError
+
+AGENT_PORT = "org.fuselab.agent"
+CMDLINE_MAX = 2048  # COMMAND_LINE_SIZE on x86
+
+# Every guest boots with these; a short hung-task timeout turns a stuck task into a report.
+BASE_CMDLINE = [
+    "console=ttyS0,115200",
+    "root=/dev/vda",
+    "rw",
+    "panic=-1",
+    "sysrq_always_enabled",
+    "sysctl.kernel.hung_task_timeout_secs=20",
+    "sysctl.kernel.hung_task_panic=0",
+    "systemd.show_status=0",
+    "net.ifnames=0",
+]
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything that decides what a guest is; two equal specs can share a snapshot."""
+
+    kernel: Path
+    initrd: Path
+    accel: str = "tcg"
+    memory_mb: int = 1024
+    cpus: int = 2
+    machine: str = "pc"
+    qemu: str = "qemu-system-x86_64"
+    cmdline: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_accel(self, accel: str) -> MachineSpec:
+        return replace(self, accel=accel)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Per-guest files of one run: sockets, console, logs."""
+
+    root: Path  # writable qcow2 overlay
+    console: Path
+    qmp: Path
+    agent: Path
+    log: Path
+    ssh_port: int | None = None
+
+    @classmethod
+    def in_dir(cls, directory: Path, ssh_port: int | None = None) -> RunPaths:
+        return cls(root=directory / "root.qcow2", console=directory / "console.log",
+                   qmp=directory / "qmp.sock", agent=directory / "agent.sock",
+                   log=directory / "qemu.log", ssh_port=ssh_port)
+
+
+def kernel_cmdline(extra: tuple[str, ...] | list[str] = ()) -> str:
+    line = " ".join([*BASE_CMDLINE, *extra])
+    if len(line) >= CMDLINE_MAX:
+        raise SettingError(f"kernel command line is {len(line)} bytes, over the limit of {CMDLINE_MAX}: {line[:200]}…")
+    return line
+
+
+def accel_args(accel: str, cpus: int) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host", "-smp", str(cpus)]
+    if accel == "tcg":
+        return ["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus)]
+    raise SettingError(f"acceleration {accel!r} is not one of kvm, tcg")
+
+
+def boot_args(spec: MachineSpec) -> list[str]:
+    return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+            "-append", kernel_cmdline(spec.cmdline)]
+
+
+def root_disk_args(overlay: Path) -> list[str]:
+    return ["-drive", f"file={overlay},format=qcow2,if=none,id=root,node-name=root-fmt,discard=unmap",
+            "-device", "virtio-blk-pci,drive=root,id=root-dev,serial=fuselab-root"]
+
+
+def console_args(path: Path) -> list[str]:
+    return ["-chardev", f"file,id=console,path={path}", "-serial", "chardev:console"]
+
+
+def agent_args(sock: Path) -> list[str]:
+    return ["-device", "virtio-serial-pci,id=vser",
+            "-chardev", f"socket,id=agent,path={sock},server=on,wait=off",
+            "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}"]
+
+
+def qmp_args(sock: Path) -> list[str]:
+    return ["-qmp", f"unix:{sock},server=on,wait=off"]
+
+
+def net_args(ssh_port: int | None) -> list[str]:
+    """User networking with no route out; SSH forwarded on loopback only when asked for."""
+    netdev = "user,id=net0,restrict=on"
+    if ssh_port:
+        netdev += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,id=net0-dev"]
+
+
+def rng_args() -> list[str]:
+    return ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0"]
+
+
+def build_argv(spec: MachineSpec, paths: RunPaths, incoming: Path | None = None) -> list[str]:
+    argv = [spec.qemu, "-name", "fuselab", "-machine", spec.machine, "-m", str(spec.memory_mb),
+            *accel_args(spec.accel, spec.cpus), "-nodefaults", "-display", "none",
+            "-no-reboot", "-no-user-config",
+            *boot_args(spec), *root_disk_args(paths.root), *console_args(paths.console),
+            *agent_args(paths.agent), *qmp_args(paths.qmp), *net_args(paths.ssh_port), *rng_args()]
+    if incoming is not None:
+        argv += ["-incoming", "defer"]
+    return argv
+
+
+def find_qemu(binary: str = "qemu-system-x86_64") -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise HostError(f"QEMU binary {binary!r} not found on PATH: run `fuselab setup` "
+                        "(or apt-get install qemu-system-x86 qemu-utils)")
+    return path
+
+
+def qemu_version(binary: str = "qemu-system-x86_64") -> str:
+    out = subprocess.run([find_qemu(binary), "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"version (\S+)", out)
+    return match.group(1) if match else out.strip().splitlines()[0]
