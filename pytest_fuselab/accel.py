@@ -1,0 +1,104 @@
+"""Choose KVM or TCG by booting a real probe guest under KVM with a deadline."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import cache_dir
+from .errors import HostError
+from .machine import _die_with_parent
+from .qemu import qemu_version
+
+KVM_GET_API_VERSION = 0xAE00
+PROBE_MARK = b"fuselab-probe-ok"
+
+
+@dataclass(frozen=True)
+class Choice:
+    accel: str  # "kvm" or "tcg"
+    reason: str
+
+
+def kvm_device_problem(dev: str = "/dev/kvm") -> str | None:
+    """Why /dev/kvm cannot be used at all, or None."""
+    if not os.path.exists(dev):
+        return f"{dev} does not exist (no KVM module, or no nested virtualisation)"
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open {dev}: {exc.strerror} (add yourself to the kvm group)"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return f"KVM_GET_API_VERSION on {dev} failed: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return None if version == 12 else f"{dev} answers KVM API version {version}, expected 12"
+
+
+def probe_kvm(kernel: Path, initrd: Path, qemu: str, deadline: float = 20.0) -> str | None:
+    """Boot `kernel` under KVM up to the initramfs; return why it failed, or None if it booted."""
+    problem = kvm_device_problem()
+    if problem:
+        return problem
+    argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256", "-nodefaults",
+            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
+            "-initrd", str(initrd), "-append", "console=ttyS0 fuselab.probe panic=-1 quiet"]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < deadline:
+                out.seek(0)
+                text = out.read()
+                if PROBE_MARK in text:
+                    return None
+                if proc.poll() is not None:
+                    last = text.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                    return f"a KVM probe guest failed (QEMU status {proc.returncode}: {last[0]})"
+                time.sleep(0.1)
+            return f"a KVM probe guest did not reach its initramfs within {deadline:.0f} s"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def _probe_key(kernel: Path, qemu: str) -> str:
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    stat = kernel.stat()
+    return f"{boot_id}:{qemu_version(qemu)}:{kernel}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def choose(setting: str, kernel: Path, initrd: Path, qemu: str = "qemu-system-x86_64",
+           fresh: bool = False) -> Choice:
+    """Resolve `auto|kvm|tcg` into an accelerator, with the reason for the choice."""
+    if setting == "tcg":
+        return Choice("tcg", "TCG asked for (accel=tcg)")
+    record = cache_dir() / "accel-probe.json"
+    key = _probe_key(kernel, qemu)
+    cached: dict[str, str | None] = {}
+    if record.exists() and not fresh:
+        try:
+            cached = json.loads(record.read_text())
+        except ValueError:
+            cached = {}
+    if cached.get("key") == key:
+        problem = cached.get("problem")
+    else:
+        problem = probe_kvm(kernel, initrd, qemu)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"key": key, "problem": problem}))
+    if problem is None:
+        return Choice("kvm", "KVM probe guest booted")
+    if setting == "kvm":
+        raise HostError(f"accel=kvm was asked for, but KVM does not work here: {problem}")
+    return Choice("tcg", f"KVM rejected: {problem}; using TCG")

@@ -1,0 +1,88 @@
+"""The lab: from settings to ready guests (image, kernel, acceleration, snapshot), lazily."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import accel, image, recipe, snapshot
+from .guest import Guest
+from .qemu import MachineSpec, find_qemu
+from .settings import Settings
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    print(f"fuselab: {message}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    """Builds what guests need once, then hands out guests restored from a snapshot."""
+
+    def __init__(self, settings: Settings, workdir: Path, progress: Progress = stderr_progress) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.progress = progress
+        self._count = 0
+
+    @functools.cached_property
+    def recipe(self) -> recipe.Recipe:
+        return recipe.load(self.settings.image)
+
+    @functools.cached_property
+    def image(self) -> image.Image:
+        find_qemu()
+        return image.ensure(self.recipe, self.progress)
+
+    @property
+    def kernel(self) -> Path:
+        return self.settings.kernel or self.image.kernel
+
+    @functools.cached_property
+    def accel(self) -> accel.Choice:
+        choice = accel.choose(self.settings.accel, self.kernel, self.image.initrd)
+        self.progress(f"acceleration: {choice.accel} ({choice.reason})")
+        return choice
+
+    @functools.cached_property
+    def spec(self) -> MachineSpec:
+        return MachineSpec(kernel=self.kernel, initrd=self.image.initrd, accel=self.accel.accel,
+                           memory_mb=self.settings.memory, cpus=self.settings.cpus)
+
+    @functools.cached_property
+    def snapshot(self) -> snapshot.Snapshot:
+        return snapshot.ensure(self.spec, self.image.base, self.workdir, self.progress,
+                               self.settings.boot_timeout, self.settings.watchdog)
+
+    def rundir(self, name: str | None = None) -> Path:
+        self._count += 1
+        path = self.workdir / (name or f"guest{self._count}")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def guest(self, rundir: Path | None = None, ssh_port: int | None = None) -> Guest:
+        """A guest restored from the booted snapshot (about a second under TCG)."""
+        snap = self.snapshot
+        guest = Guest(self.spec, rundir or self.rundir(), ssh_port)
+        try:
+            guest.restore(snap.root, snap.state)
+        except BaseException:
+            guest.shutdown()
+            raise
+        return guest
+
+    def cold_guest(self, rundir: Path | None = None, ssh_port: int | None = None) -> Guest:
+        """A guest booted from the base image, without the snapshot."""
+        guest = Guest(self.spec, rundir or self.rundir(), ssh_port)
+        start = time.monotonic()
+        try:
+            guest.boot(self.image.base, self.settings.boot_timeout, self.settings.watchdog)
+        except BaseException:
+            guest.shutdown()
+            raise
+        guest.boot_seconds = time.monotonic() - start
+        return guest

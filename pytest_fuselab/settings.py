@@ -1,0 +1,134 @@
+"""Settings, resolved in one place: command line > FUSELAB_* environment > ini > default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import SettingError
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+    return parse
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _kernel(value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no kernel image at {path} (give the path of a bzImage/vmlinuz file)")
+    with open(path, "rb") as f:
+        f.seek(0x202)
+        if f.read(4) != b"HdrS":
+            raise ValueError(f"{path} is not an x86 bzImage (no 'HdrS' boot header); "
+                             "give arch/x86/boot/bzImage, not vmlinux")
+    return path.resolve()
+
+
+def _lines(value: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in value.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    default: str
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+
+    @property
+    def env(self) -> str:
+        return "FUSELAB_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--fuselab-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "fuselab_" + self.name
+
+
+OPTIONS = [
+    Option("image", "guest image recipe: a name in images/ or a .toml path", "sid", str, "NAME"),
+    Option("kernel", "boot this bzImage instead of the image's Debian kernel", "", _kernel, "PATH"),
+    Option("accel", "acceleration: auto (probe KVM, else TCG), kvm or tcg", "auto",
+           _choice("auto", "kvm", "tcg"), "auto|kvm|tcg"),
+    Option("memory", "guest memory in MiB", "1024", _positive_int, "MIB"),
+    Option("cpus", "guest vCPUs", "2", _positive_int, "N"),
+    Option("keep", "keep guest artifacts (console, QEMU command, dmesg) for all, failed or no tests",
+           "failed", _choice("all", "failed", "none"), "all|failed|none"),
+    Option("boot_timeout", "seconds a cold boot may take", "180", _seconds, "SECONDS"),
+    Option("watchdog", "seconds without console output before a boot is called stalled", "30",
+           _seconds, "SECONDS"),
+    Option("command_timeout", "default seconds for one guest command", "120", _seconds, "SECONDS"),
+    Option("suppress", "regexes (one per line) of kernel splat titles to ignore", "", _lines, "REGEX"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str = "sid"
+    kernel: Path | None = None
+    accel: str = "auto"
+    memory: int = 1024
+    cpus: int = 2
+    keep: str = "failed"
+    boot_timeout: float = 180.0
+    watchdog: float = 30.0
+    command_timeout: float = 120.0
+    suppress: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        shown = []
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            shown.append(f"{opt.name}={value if value not in (None, ()) else '-'}")
+        return ", ".join(shown)
+
+
+def resolve(cli: Mapping[str, Any] | None = None, ini: Mapping[str, Any] | None = None,
+            env: Mapping[str, str] | None = None) -> Settings:
+    """Pick each setting from the first source that has it; a bad value names its source."""
+    cli, ini = cli or {}, ini or {}
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        for source, raw in ((opt.flag, cli.get(opt.name)), (opt.env, env.get(opt.env)),
+                            (f"ini {opt.ini}", ini.get(opt.name)), ("default", opt.default)):
+            if raw not in (None, "", [], ()):
+                break
+        else:
+            source, raw = "default", opt.default
+        if isinstance(raw, list):
+            raw = "\n".join(raw)
+        try:
+            values[opt.name] = opt.parse(str(raw))
+        except ValueError as exc:
+            raise SettingError(f"{opt.name} from {source} = {raw!r}: {exc}") from None
+        sources[opt.name] = source
+    return Settings(**values, sources=sources)
