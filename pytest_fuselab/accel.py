@@ -5,12 +5,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import initramfs
 from .cache import cache_dir
 from .errors import HostError
 from .machine import _die_with_parent
@@ -43,14 +45,35 @@ def kvm_device_problem(dev: str = "/dev/kvm") -> str | None:
     return None if version == 12 else f"{dev} answers KVM API version {version}, expected 12"
 
 
-def probe_kvm(kernel: Path, initrd: Path, qemu: str, deadline: float = 20.0) -> str | None:
-    """Boot `kernel` under KVM up to the initramfs; return why it failed, or None if it booted."""
+def probe_initramfs(directory: Path) -> Path:
+    """A tiny initramfs whose /init prints the probe mark and powers off."""
+    tree = directory / "tree"
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy2(initramfs.find_busybox(), tree / "bin" / "busybox")
+    (tree / "init").write_text(f"#!/bin/busybox sh\necho {PROBE_MARK.decode()}\n/bin/busybox poweroff -f\n")
+    (tree / "init").chmod(0o755)
+    out = directory / "probe.cpio"
+    listing = "\n".join(["bin", "bin/busybox", "init"]).encode()
+    with open(out, "wb") as f:
+        subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"], cwd=tree, input=listing,
+                       stdout=f, check=True)
+    return out
+
+
+def probe_kvm(kernel: Path, qemu: str, deadline: float = 20.0) -> str | None:
+    """Boot `kernel` under KVM to a tiny initramfs; return why it failed, or None if it booted."""
     problem = kvm_device_problem()
     if problem:
         return problem
-    argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256", "-nodefaults",
-            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
-            "-initrd", str(initrd), "-append", "console=ttyS0 fuselab.probe panic=-1 quiet"]
+    with tempfile.TemporaryDirectory(prefix="fuselab-probe-") as tmp:
+        initrd = probe_initramfs(Path(tmp))
+        argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256", "-nodefaults",
+                "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
+                "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet"]
+        return _run_probe(argv, deadline)
+
+
+def _run_probe(argv: list[str], deadline: float) -> str | None:
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
@@ -78,7 +101,7 @@ def _probe_key(kernel: Path, qemu: str) -> str:
     return f"{boot_id}:{qemu_version(qemu)}:{kernel}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def choose(setting: str, kernel: Path, initrd: Path, qemu: str = "qemu-system-x86_64",
+def choose(setting: str, kernel: Path, qemu: str = "qemu-system-x86_64",
            fresh: bool = False) -> Choice:
     """Resolve `auto|kvm|tcg` into an accelerator, with the reason for the choice."""
     if setting == "tcg":
@@ -94,7 +117,7 @@ def choose(setting: str, kernel: Path, initrd: Path, qemu: str = "qemu-system-x8
     if cached.get("key") == key:
         problem = cached.get("problem")
     else:
-        problem = probe_kvm(kernel, initrd, qemu)
+        problem = probe_kvm(kernel, qemu)
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"key": key, "problem": problem}))
     if problem is None:

@@ -99,9 +99,9 @@ class Guest:
             size = self.paths.console.stat().st_size
             now = time.monotonic()
             if size != last_size:
-                last_size, last_change = size, now
-                if progress:
+                if progress and size // 16384 != last_size // 16384:
                     progress(f"booting: {size // 1024} KiB of console output")
+                last_size, last_change = size, now
             if now - last_change > watchdog:
                 raise self.boot_error(f"no console output for {watchdog:.0f} s (boot watchdog)")
             if now > deadline:

@@ -44,7 +44,7 @@ class Lab:
 
     @functools.cached_property
     def accel(self) -> accel.Choice:
-        choice = accel.choose(self.settings.accel, self.kernel, self.image.initrd)
+        choice = accel.choose(self.settings.accel, self.kernel)
         self.progress(f"acceleration: {choice.accel} ({choice.reason})")
         return choice
 

@@ -1,0 +1,86 @@
+"""The fixtures: `fuselab_lab` (session), `fuselab_guest` and `fuselab_disk` (per test)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from .errors import FuselabError
+from .guest import Disk, Guest, create_overlay
+from .lab import Lab
+from .keys import GUESTS_KEY, LAB_KEY, OUTCOME_KEY, SETTINGS_KEY, progress_for
+
+SIZE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.I)
+
+
+def parse_size(size: str | int) -> int:
+    if isinstance(size, int):
+        return size
+    match = SIZE.match(size.strip())
+    if not match:
+        raise ValueError(f"disk size {size!r} is not a size like 512M or 4G")
+    return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+
+
+@pytest.fixture(scope="session")
+def fuselab_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """The session's lab: image, kernel, acceleration and snapshot, built on first use."""
+    config = request.config
+    if LAB_KEY not in config.stash:
+        workdir = tmp_path_factory.mktemp("fuselab", numbered=True)
+        config.stash[LAB_KEY] = Lab(config.stash[SETTINGS_KEY], workdir, progress_for(config))
+    return config.stash[LAB_KEY]
+
+
+@pytest.fixture
+def fuselab_guest(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """A ready guest, fresh for this test (restored from the booted snapshot)."""
+    rundir = fuselab_lab.rundir(_safe_name(request.node.name))
+    try:
+        guest = fuselab_lab.guest(rundir)
+    except FuselabError as exc:
+        pytest.fail(f"fuselab could not start a guest: {exc}", pytrace=False)
+    request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
+    yield guest
+    guest.shutdown()
+    _retain(request, rundir, fuselab_lab.settings.keep)
+
+
+@pytest.fixture
+def fuselab_disk(fuselab_guest: Guest, request: pytest.FixtureRequest) -> Callable[..., Disk]:
+    """Attach a fresh virtio disk: `fuselab_disk("1G")`, or `fuselab_disk(image=path)` (the
+    image is never written: the guest writes to a copy-on-write overlay)."""
+
+    def attach(size: str | int = "1G", image: str | os.PathLike[str] | None = None) -> Disk:
+        n = len(fuselab_guest.disks) + 1
+        if image is not None:
+            source = Path(image).resolve()
+            if not source.is_file():
+                raise FuselabError(f"disk image {source} does not exist")
+            host = fuselab_guest.rundir / f"disk{n}.qcow2"
+            create_overlay(host, source, fmt="raw")
+            return fuselab_guest.attach_disk(host, fmt="qcow2")
+        host = fuselab_guest.rundir / f"disk{n}.raw"
+        with open(host, "wb") as f:
+            f.truncate(parse_size(size))
+        return fuselab_guest.attach_disk(host, fmt="raw")
+
+    return attach
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)[:60]
+
+
+def _retain(request: pytest.FixtureRequest, rundir: Path, keep: str) -> None:
+    failed = request.node.stash.get(OUTCOME_KEY, False)
+    if keep == "all" or (keep == "failed" and failed):
+        for big in [*rundir.glob("disk*"), rundir / "root.qcow2"]:
+            big.unlink(missing_ok=True)  # disks are big and rebuildable; console and logs are kept
+        return
+    shutil.rmtree(rundir, ignore_errors=True)

@@ -1,0 +1,31 @@
+"""Typed stash keys for the plugin's state, and where its progress messages go."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import pytest
+
+from .guest import Guest
+from .lab import Lab
+from .settings import Settings
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+LAB_KEY = pytest.StashKey[Lab]()
+GUESTS_KEY = pytest.StashKey[list[Guest]]()
+OUTCOME_KEY = pytest.StashKey[bool]()  # True when the test failed
+
+
+def progress_for(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines for long steps: the terminal on the controller, stderr on xdist workers."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    worker = hasattr(config, "workerinput")
+
+    def say(message: str) -> None:
+        if reporter is not None and not worker:
+            reporter.write_line(f"fuselab: {message}")
+        else:
+            print(f"fuselab: {message}", file=sys.stderr, flush=True)
+
+    return say
