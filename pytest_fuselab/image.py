@@ -164,6 +164,11 @@ def customize(recipe: Recipe, root: Path, log: Path) -> None:
                                             else f"/usr/lib/systemd/system/{recipe.default_target}")
     for unit in recipe.enable:
         chroot(root, f"systemctl enable {unit}", log)
+    for path in recipe.setuid:
+        target = root / path.lstrip("/")
+        if not target.exists():
+            raise ImageError(f"recipe {recipe.name}: setuid file {path} is not in the image")
+        target.chmod(0o4755)
     chroot(root, "passwd -d root", log)
     (root / "etc/hostname").write_text("fuselab\n")
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")

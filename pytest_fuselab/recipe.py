@@ -30,6 +30,7 @@ class Recipe:
     users: list[dict[str, object]] = field(default_factory=list)
     default_target: str = "multi-user.target"
     enable: list[str] = field(default_factory=list)
+    setuid: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def file_sources(self) -> dict[str, Path]:

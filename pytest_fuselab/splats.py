@@ -10,10 +10,11 @@ FUNC = re.compile(r"([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 RIP = re.compile(r"RIP: [0-9a-f]{4}:([A-Za-z_][\w.]*)\+0x")
 END = re.compile(r"---\[ end (trace|Kernel panic)")
 # Frames that say where a task waits, not why: skipped when naming a hung task.
-SCHED_FRAMES = re.compile(r"^(__schedule|schedule\w*|io_schedule\w*|__\w*wait\w*|\w*_wait_\w*|"
-                          r"wait_\w+|rwsem_down_\w+|__mutex_lock\w*|mutex_lock\w*|down_\w+|"
-                          r"__rwsem\w*|rt_mutex\w*|bit_wait\w*|out_of_line_wait_on_bit\w*|"
-                          r"__wait_on_bit\w*|folio_wait\w*|__folio_lock\w*|__\w+_lock_slowpath)$")
+SCHED_FRAMES = re.compile(r"^(__schedule|schedule|schedule_timeout|schedule_preempt_disabled|"
+                          r"io_schedule|io_schedule_timeout|__wait_for_common|wait_for_completion\w*|"
+                          r"rwsem_down_\w+_slowpath|__mutex_lock(\.constprop\.\d+)?|mutex_lock|"
+                          r"down_read|down_write|bit_wait\w*|__wait_on_bit\w*|out_of_line_wait_on_bit\w*|"
+                          r"folio_wait_bit_common|__folio_lock|__\w+_lock_slowpath|dump_stack\w*)$")
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,18 @@ def make_title(kind: str, match: re.Match[str], body: list[str]) -> str:
     return f"BUG: {match.group(1).strip()}"
 
 
+def starts_report(line: str) -> bool:
+    """A line that opens a new report (a panic line continues the report before it)."""
+    return any(p.search(line) for p, kind in STARTS if kind != "panic") and not END.search(line)
+
+
 def excerpt_end(lines: list[str], start: int, limit: int = 60) -> int:
+    """The report runs to its end marker, a sanitizer's closing rule, or the next report."""
     for i in range(start + 1, min(len(lines), start + limit)):
-        if END.search(lines[i]):
+        if END.search(lines[i]) or lines[i].startswith("====="):
             return i + 1
+        if starts_report(lines[i]) and not lines[i].startswith("Oops: "):
+            return i
     return min(len(lines), start + limit)
 
 
@@ -118,6 +127,6 @@ def scan(text: str, suppress: list[str] | tuple[str, ...] = ()) -> list[Splat]:
             title = make_title(kind, match, body)
             if not any(re.search(s, title) for s in suppress):
                 found.append(Splat(title, "\n".join(body), i + 1))
-            skip_to = end if kind != "panic" else i + 1
+            skip_to = end
             break
     return found

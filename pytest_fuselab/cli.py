@@ -1,0 +1,148 @@
+"""The `fuselab` command: setup, doctor, image, run, bench, exec, shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from . import bench, host, image, recipe, shell
+from .errors import FuselabError
+from .lab import Lab, stderr_progress
+from .settings import OPTIONS, resolve
+
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        if opt.name != "suppress":
+            parser.add_argument(opt.flag.replace("fuselab-", ""), dest=opt.name, metavar=opt.metavar,
+                                help=f"{opt.help} (env {opt.env})")
+
+
+def settings_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return resolve({opt.name: getattr(args, opt.name, None) for opt in OPTIONS})
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    return host.setup()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    rows = host.doctor_lines(settings_from(args).accel)
+    width = max(len(topic) for topic, _ in rows)
+    for topic, finding in rows:
+        print(f"{topic.ljust(width)}  {finding}")
+    return 1 if any("MISSING" in finding for _, finding in rows) else 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        built = image.ensure(recipe.load(args.recipe), stderr_progress, rebuild=args.rebuild)
+        manifest = built.manifest()
+        print(f"{built.directory}  kernel {manifest['kernel_version']}  built {manifest['built']}")
+    elif args.action == "list":
+        for img in image.built_images():
+            problem = img.problem()
+            if problem:
+                print(f"{img.directory.name}  UNUSABLE: {problem}")
+                continue
+            m = img.manifest()
+            pk = m["packages"]
+            assert isinstance(pk, dict)
+            print(f"{img.directory.name}  kernel {m['kernel_version']}  fuse3 {pk.get('fuse3')}  "
+                  f"fuse2fs {pk.get('fuse2fs')}  systemd {pk.get('systemd')}  built {m['built']}")
+        if not image.built_images():
+            print(f"no images built yet in {image.images_dir()} (`fuselab image build`)")
+    else:
+        for path in image.clean(everything=True):
+            print(f"removed {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    import pytest
+
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    argv = [str(p) for p in (args.paths or [SCENARIOS_DIR])]
+    argv += [f"--junitxml={results / 'junit.xml'}", "-o", "junit_family=xunit2", "-rfEs", "-p", "no:cacheprovider"]
+    argv += [f"--fuselab-{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+             if value is not None and name in {o.name for o in OPTIONS}]
+    status = pytest.main(argv + extra)
+    print(f"fuselab: JUnit XML in {results / 'junit.xml'}")
+    return int(status)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    figures = bench.run(settings_from(args), runs=args.runs)
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        for key, value in figures.items():
+            print(f"{key:18} {value}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="fuselab-exec-") as tmp:
+        lab = Lab(settings_from(args), Path(tmp))
+        with lab.guest() as guest:
+            result = guest.run(args.command, timeout=args.timeout, check=False)
+            sys.stdout.write(result.stdout)
+            sys.stderr.write(result.stderr)
+            return 124 if result.timed_out else result.exit_status
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    return shell.run(settings_from(args))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fuselab", description="A QEMU lab for Linux filesystems and FUSE servers.")
+    sub = p.add_subparsers(dest="subcommand", required=True)
+    sub.add_parser("setup", help="install the host packages the lab needs (apt, as root)")
+    add_settings(sub.add_parser("doctor", help="report QEMU, acceleration (probed), disk and cache"))
+    img = sub.add_parser("image", help="build, list or remove guest images")
+    img.add_argument("action", choices=["build", "list", "clean"])
+    img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
+    img.add_argument("--rebuild", action="store_true", help="build even if a cached image looks fine")
+    run = sub.add_parser("run", help="run the scenario suite and print a summary (extra args go to pytest)")
+    run.add_argument("paths", nargs="*", help="scenario files or directories (default: the scenarios/ suite)")
+    run.add_argument("--results", default="fuselab-results", help="directory for JUnit XML (default: %(default)s)")
+    add_settings(run)
+    b = sub.add_parser("bench", help="measure cold boot, reset and per-test overhead (medians)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--runs", type=int, default=5, help="runs per figure (default: %(default)s)")
+    add_settings(b)
+    ex = sub.add_parser("exec", help="run one shell command in a fresh guest")
+    ex.add_argument("command")
+    ex.add_argument("--timeout", type=float, default=300)
+    add_settings(ex)
+    add_settings(sub.add_parser("shell", help="an interactive SSH session in a fresh guest"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parser().parse_known_args(argv)
+    if extra and args.subcommand != "run":
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
+                "exec": cmd_exec, "shell": cmd_shell}
+    try:
+        if args.subcommand == "run":
+            return cmd_run(args, extra)
+        return handlers[args.subcommand](args)
+    except FuselabError as exc:
+        print(f"fuselab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fuselab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
