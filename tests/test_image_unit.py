@@ -1,0 +1,91 @@
+"""Unit: recipes, the initramfs module closure, the host mirror, and cached-image checks."""
+
+import json
+import lzma
+
+import pytest
+
+from pytest_fuselab import image, initramfs, recipe
+from pytest_fuselab.errors import ImageError
+
+
+def test_default_recipe_loads_and_has_the_stack():
+    r = recipe.load("sid")
+    assert r.suite == "sid"
+    for pkg in ("fuse3", "fuse2fs", "e2fsprogs", "systemd-sysv", "python3", "openssh-server"):
+        assert pkg in r.packages
+    assert recipe.AGENT_PATH in r.file_sources()
+
+
+def test_recipe_digest_follows_its_files(tmp_path):
+    (tmp_path / "files").mkdir()
+    unit = tmp_path / "files" / "x.service"
+    unit.write_text("[Unit]\n")
+    toml = tmp_path / "mini.toml"
+    toml.write_text('name = "mini"\nsuite = "sid"\npackages = ["kmod"]\nkernel_package = "linux-image-amd64"\n'
+                    'initramfs_modules = ["ext4"]\n[files]\n"/etc/x.service" = "files/x.service"\n')
+    first = recipe.load(str(toml)).digest()
+    unit.write_text("[Unit]\nDescription=changed\n")
+    assert recipe.load(str(toml)).digest() != first
+
+
+def test_bad_recipes_say_what_is_wrong(tmp_path):
+    with pytest.raises(ImageError, match="not found .* available: .*sid"):
+        recipe.load("no-such-recipe")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    with pytest.raises(ImageError, match="not valid TOML"):
+        recipe.load(str(bad))
+    odd = tmp_path / "odd.toml"
+    odd.write_text('name = "odd"\ncolour = "blue"\n')
+    with pytest.raises(ImageError, match="colour"):
+        recipe.load(str(odd))
+
+
+def test_module_closure_orders_dependencies_first(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.xz\n"
+        "kernel/fs/jbd2/jbd2.ko.xz:\nkernel/fs/mbcache.ko.xz:\n"
+        "kernel/drivers/block/virtio_blk.ko.xz:\n")
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    order = initramfs.module_closure(tmp_path, ["virtio_pci", "virtio_blk", "ext4"])
+    assert order == ["kernel/drivers/block/virtio_blk.ko.xz", "kernel/fs/jbd2/jbd2.ko.xz",
+                     "kernel/fs/mbcache.ko.xz", "kernel/fs/ext4/ext4.ko.xz"]
+    with pytest.raises(ImageError, match="'nosuchmod' not found"):
+        initramfs.module_closure(tmp_path, ["nosuchmod"])
+
+
+def test_decompress_xz_module(tmp_path):
+    mod = tmp_path / "m.ko.xz"
+    mod.write_bytes(lzma.compress(b"\x7fELF module"))
+    assert initramfs.decompress(mod) == b"\x7fELF module"
+
+
+def test_host_mirror_comes_from_apt_sources_or_the_environment(monkeypatch):
+    monkeypatch.setenv("FUSELAB_MIRROR", "http://mirror.invalid/debian")
+    assert image.host_mirror() == "http://mirror.invalid/debian"
+    monkeypatch.delenv("FUSELAB_MIRROR")
+    assert "/debian" in image.host_mirror()  # read from this host's /etc/apt
+
+
+def test_a_damaged_cached_image_is_noticed(tmp_path):
+    img = image.Image(tmp_path)
+    assert "manifest unreadable" in img.problem()
+    (tmp_path / "vmlinuz").write_bytes(b"k" * 100)
+    (tmp_path / "manifest.json").write_text(json.dumps({"sizes": {"vmlinuz": 100, "initrd.gz": 5}}))
+    assert img.problem() == "initrd.gz is missing"
+    (tmp_path / "initrd.gz").write_bytes(b"i" * 4)
+    assert "initrd.gz has 4 bytes" in img.problem()
+
+
+def test_ensure_rebuilds_a_corrupt_image_with_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+    r = recipe.load("sid")
+    target = image.image_for(r)
+    target.directory.mkdir(parents=True)
+    (target.directory / "manifest.json").write_text("{broken")
+    built, said = [], []
+    monkeypatch.setattr(image, "build", lambda rec, tgt, progress: built.append(tgt) or tgt)
+    image.ensure(r, said.append)
+    assert built == [target]
+    assert any("unusable (manifest unreadable" in m and "rebuilding" in m for m in said)
