@@ -80,7 +80,7 @@ class Channel:
 
     def _reader(self) -> None:
         assert self._sock is not None
-        buf = b""
+        parts: list[bytes] = []  # only new data is searched for the end of a line
         while True:
             try:
                 chunk = self._sock.recv(1 << 20)
@@ -89,10 +89,12 @@ class Channel:
             if not chunk:
                 self._fail_all("the guest's agent channel closed (QEMU exited?)")
                 return
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                self._dispatch(line)
+            while b"\n" in chunk:
+                head, chunk = chunk.split(b"\n", 1)
+                self._dispatch(b"".join(parts) + head)
+                parts = []
+            if chunk:
+                parts.append(chunk)
 
     def _dispatch(self, line: bytes) -> None:
         try:

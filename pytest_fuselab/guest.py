@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import shlex
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,19 @@ class Guest:
         """Write a file in the guest from bytes, text, or a host file."""
         raw = data.read_bytes() if isinstance(data, Path) else data.encode() if isinstance(data, str) else data
         self.channel.request("put", wait=60, path=path, mode=mode, data=base64.b64encode(raw).decode())
+
+    def put_tree(self, directory: str, files: dict[str, bytes], mode: int = 0o644) -> None:
+        """Write many files under `directory` in one round trip (a tar unpacked in the guest)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+        archive = f"/run/fuselab-agent/tree-{time.monotonic_ns()}.tar"
+        self.put(archive, buf.getvalue())
+        self.run(f"mkdir -p {shlex.quote(directory)} && tar -xf {archive} -C {shlex.quote(directory)} "
+                 f"--no-same-owner && rm -f {archive}")
 
     def get(self, path: str) -> bytes:
         return base64.b64decode(self.channel.request("get", wait=60, path=path)["data"])

@@ -69,6 +69,7 @@ def op_run(req):
 
 def op_put(req):
     path = req["path"]
+    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     tmp = path + ".fuselab-tmp"
     with open(tmp, "wb") as f:
         f.write(base64.b64decode(req["data"]))
@@ -135,20 +136,23 @@ class Agent:
         self.send(reply)
 
     def serve(self):
-        buf = b""
+        parts = []  # pieces of the line being received; only new data is searched for newlines
         while True:
             try:
-                chunk = os.read(self.fd, 1 << 16)
+                chunk = os.read(self.fd, 1 << 20)
             except InterruptedError:
                 continue
             if not chunk:  # host side not connected yet
                 time.sleep(0.01)
                 continue
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
+            while b"\n" in chunk:
+                head, chunk = chunk.split(b"\n", 1)
+                line = b"".join(parts) + head
+                parts = []
                 if line.strip():
                     threading.Thread(target=self.handle, args=(line,), daemon=True).start()
+            if chunk:
+                parts.append(chunk)
 
 
 def main():

@@ -22,6 +22,10 @@ mkdir -p /newroot
 if ! mount -t ext4 -o rw $root /newroot; then
     echo "fuselab-initramfs: cannot mount $root"; echo c > /proc/sysrq-trigger
 fi
+if [ -f /fuselab/agent.py ]; then  # the lab's agent travels in its own initramfs layer
+    mkdir -p /newroot/usr/local/sbin && cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent
+    chmod 755 /newroot/usr/local/sbin/fuselab-agent
+fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev
 exec switch_root /newroot ${fuselab_init:-/sbin/init}
@@ -96,11 +100,40 @@ def build(modules_dir: Path, names: list[str], out: Path, work: Path) -> Path:
     init = tree / "init"
     init.write_text(INIT_SCRIPT)
     init.chmod(0o755)
+    out.write_bytes(pack(tree))
+    shutil.rmtree(tree)
+    return out
+
+
+def pack(tree: Path) -> bytes:
+    """A gzip-compressed newc cpio archive of `tree`, owned by root."""
     files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     cpio = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"], cwd=tree,
                           input="\n".join(files).encode(), capture_output=True)
     if cpio.returncode != 0:
-        raise ImageError(f"cpio failed building the initramfs: {cpio.stderr.decode(errors='replace')}")
-    out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6))
-    shutil.rmtree(tree)
+        raise ImageError(f"cpio failed building an initramfs: {cpio.stderr.decode(errors='replace')}")
+    return gzip.compress(cpio.stdout, compresslevel=6, mtime=0)
+
+
+def with_agent(base: Path, agent: Path, cache: Path) -> Path:
+    """The image's initramfs with a second archive appended that carries the guest agent.
+
+    The agent belongs to this version of the lab, not to the image: changing it never
+    forces an image rebuild.  The result is cached by content."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(base.read_bytes() + agent.read_bytes()).hexdigest()[:16]
+    out = cache / f"initrd-{digest}.gz"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tree = Path(tmp) / "tree"
+        (tree / "fuselab").mkdir(parents=True)
+        shutil.copyfile(agent, tree / "fuselab" / "agent.py")
+        layer = pack(tree)
+        partial = Path(tmp) / "initrd.gz"
+        partial.write_bytes(base.read_bytes() + layer)
+        partial.rename(out)
     return out

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import accel, image, recipe, snapshot
+from . import accel, image, initramfs, recipe, snapshot
+from .cache import cache_dir
 from .guest import Guest
 from .qemu import MachineSpec, find_qemu
 from .settings import Settings
@@ -49,8 +50,13 @@ class Lab:
         return choice
 
     @functools.cached_property
+    def initrd(self) -> Path:
+        """The image's initramfs plus a layer with this lab's guest agent."""
+        return initramfs.with_agent(self.image.initrd, recipe.AGENT_SOURCE, cache_dir() / "initrd")
+
+    @functools.cached_property
     def spec(self) -> MachineSpec:
-        return MachineSpec(kernel=self.kernel, initrd=self.image.initrd, accel=self.accel.accel,
+        return MachineSpec(kernel=self.kernel, initrd=self.initrd, accel=self.accel.accel,
                            memory_mb=self.settings.memory, cpus=self.settings.cpus)
 
     @functools.cached_property

@@ -12,7 +12,6 @@ from .errors import ImageError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 AGENT_SOURCE = Path(__file__).resolve().parent / "guest_agent.py"
-AGENT_PATH = "/usr/local/sbin/fuselab-agent"
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,8 @@ class Recipe:
     files: dict[str, str] = field(default_factory=dict)
 
     def file_sources(self) -> dict[str, Path]:
-        """Guest path -> host file, the agent included."""
-        sources = {guest: (self.path.parent / host) for guest, host in self.files.items()}
-        sources[AGENT_PATH] = AGENT_SOURCE
-        return sources
+        """Guest path -> host file."""
+        return {guest: (self.path.parent / host) for guest, host in self.files.items()}
 
     def digest(self) -> str:
         """Hash of everything that goes into the image: the recipe and every file it installs."""

@@ -35,10 +35,7 @@ def test_ext4_roundtrip(fuselab_guest, fuselab_disk, writer, reader):
     guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
 
     files = payload()
-    dirs = sorted({f"{PAYLOAD}/{name.rsplit('/', 1)[0]}" for name in files if "/" in name})
-    guest.run(f"mkdir -p {PAYLOAD} {' '.join(dirs)}")
-    for name, data in files.items():
-        guest.put(f"{PAYLOAD}/{name}", data)
+    guest.put_tree(PAYLOAD, files)
     guest.run(f"chmod -R a+rX {PAYLOAD}")
 
     w = DRIVERS[writer]

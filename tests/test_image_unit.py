@@ -14,7 +14,7 @@ def test_default_recipe_loads_and_has_the_stack():
     assert r.suite == "sid"
     for pkg in ("fuse3", "fuse2fs", "e2fsprogs", "systemd-sysv", "python3", "openssh-server"):
         assert pkg in r.packages
-    assert recipe.AGENT_PATH in r.file_sources()
+    assert "/etc/systemd/system/fuselab-agent.service" in r.file_sources()
 
 
 def test_recipe_digest_follows_its_files(tmp_path):
