@@ -1,0 +1,103 @@
+"""Real guests: commands, files, disks, freshness, clock and SSH, through the public API."""
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from pytest_fuselab.errors import CommandFailed
+
+pytestmark = pytest.mark.guest
+
+
+def test_run_reports_status_and_output(fuselab_guest):
+    result = fuselab_guest.run("echo out; echo err >&2; exit 7", check=False)
+    assert (result.exit_status, result.stdout, result.stderr) == (7, "out\n", "err\n")
+    with pytest.raises(CommandFailed, match="exited with status 7") as info:
+        fuselab_guest.run("echo visible; exit 7")
+    assert "visible" in str(info.value)
+    assert fuselab_guest.run(["uname", "-r"]).stdout.startswith("7.")
+
+
+def test_command_timeout(fuselab_guest):
+    start = time.monotonic()
+    result = fuselab_guest.run("sleep 60", timeout=2, check=False)
+    assert result.timed_out and not result.ok
+    assert time.monotonic() - start < 10
+    assert fuselab_guest.run("echo still here").stdout == "still here\n"
+
+
+def test_files_in_and_out(fuselab_guest, tmp_path):
+    data = os.urandom(300_000)
+    fuselab_guest.put("/root/in/data.bin", data)
+    digest = fuselab_guest.run("sha256sum /root/in/data.bin").stdout.split()[0]
+    assert digest == hashlib.sha256(data).hexdigest()
+    host_file = tmp_path / "f.txt"
+    host_file.write_text("from a host file\n")
+    fuselab_guest.put("/root/f.txt", host_file)
+    assert fuselab_guest.get("/root/f.txt") == b"from a host file\n"
+    fuselab_guest.put_tree("/root/tree", {"a/b.txt": b"bee", "c.txt": b"sea"})
+    assert fuselab_guest.run("cat /root/tree/a/b.txt /root/tree/c.txt").stdout == "beesea"
+
+
+def test_disk_of_a_given_size(fuselab_guest, fuselab_disk):
+    disk = fuselab_disk("96M")
+    assert disk.size == 96 * 1024 * 1024
+    assert fuselab_guest.run(f"blockdev --getsize64 {disk.path}").stdout.strip() == str(disk.size)
+    second = fuselab_disk("8M")
+    assert second.path != disk.path and second.size == 8 * 1024 * 1024
+
+
+def test_disk_from_an_image_leaves_the_image_untouched(fuselab_guest, fuselab_disk, tmp_path):
+    image = tmp_path / "pattern.img"
+    content = bytes(range(256)) * 4096  # 1 MiB of a known pattern
+    image.write_bytes(content)
+    disk = fuselab_disk(image=image)
+    seen = fuselab_guest.run(f"head -c {len(content)} {disk.path} | sha256sum").stdout.split()[0]
+    assert seen == hashlib.sha256(content).hexdigest()
+    fuselab_guest.run(f"dd if=/dev/zero of={disk.path} bs=64k count=4 oflag=direct status=none")
+    assert fuselab_guest.run(f"head -c 4 {disk.path} | od -An -tx1").stdout.split() == ["00"] * 4
+    assert image.read_bytes() == content
+
+
+def test_each_guest_starts_clean(fuselab_lab):
+    with fuselab_lab.guest() as first:
+        first.run("echo dirty > /root/marker && sync")
+        boot_id = first.run("cat /proc/sys/kernel/random/boot_id").stdout
+    with fuselab_lab.guest() as second:
+        assert second.run("test -e /root/marker", check=False).exit_status == 1
+        assert second.run("cat /proc/sys/kernel/random/boot_id").stdout == boot_id  # same snapshot
+
+
+def test_guest_clock_follows_the_host(fuselab_guest):
+    guest_time = float(fuselab_guest.run("date +%s.%N").stdout)
+    assert abs(guest_time - time.time()) < 10
+
+
+def test_ssh_with_a_per_run_key_reaches_the_same_guest(fuselab_lab, tmp_path):
+    paramiko = pytest.importorskip("paramiko")
+    from pytest_fuselab.shell import enable_ssh, free_port, make_key
+
+    port = free_port()
+    with fuselab_lab.guest(ssh_port=port) as guest:
+        key = make_key(tmp_path)
+        enable_ssh(guest, key.with_suffix(".pub").read_text())
+        boot_id = guest.run("cat /proc/sys/kernel/random/boot_id").stdout
+        guest.run("echo $$ > /root/agent-side")
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect("127.0.0.1", port=port, username="root", key_filename=str(key),
+                       look_for_keys=False, allow_agent=False, timeout=60, banner_timeout=60)
+        try:
+            _, out, _ = client.exec_command("cat /proc/sys/kernel/random/boot_id /root/agent-side")
+            lines = out.read().decode().splitlines()
+        finally:
+            client.close()
+        assert lines[0] + "\n" == boot_id
+        (tmp_path / "other").mkdir()
+        stranger = paramiko.SSHClient()
+        stranger.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        with pytest.raises(paramiko.AuthenticationException):  # another key is refused
+            stranger.connect("127.0.0.1", port=port, username="root", key_filename=str(make_key(tmp_path / "other")),
+                             look_for_keys=False, allow_agent=False, timeout=60, banner_timeout=60)

@@ -1,0 +1,22 @@
+"""Unit: the run summary table."""
+
+from pytest_fuselab.report import split_nodeid, table
+
+
+def test_split_nodeid():
+    assert split_nodeid("scenarios/test_x.py::test_y[kernel-to-fuse2fs]") == ("test_x.py::test_y",
+                                                                          "kernel-to-fuse2fs")
+    assert split_nodeid("t.py::test_z") == ("t.py::test_z", "-")
+
+
+def test_table_rows_and_totals():
+    lines = table([
+        {"nodeid": "s/t.py::test_a[k]", "outcome": "passed", "seconds": 3.21, "splats": []},
+        {"nodeid": "s/t.py::test_a[f]", "outcome": "failed", "seconds": 9.0, "splats": ["WARNING in foo"]},
+        {"nodeid": "s/t.py::test_b", "outcome": "failed", "when": "setup", "seconds": 1.0, "splats": []},
+    ], accel="tcg (KVM rejected)")
+    assert lines[0].split() == ["scenario", "variant", "result", "time", "kernel", "splats", "/", "guest"]
+    assert "PASS" in lines[2] and "3.2s" in lines[2]
+    assert "FAIL" in lines[3] and lines[3].endswith("WARNING in foo")
+    assert "FAIL (setup)" in lines[4]
+    assert lines[-1] == "1 passed, 2 failed, 0 skipped; acceleration: tcg (KVM rejected)"
