@@ -6,7 +6,9 @@ import base64
 import io
 import logging
 import shlex
+import shutil
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,9 @@ class Guest:
     def __init__(self, spec: MachineSpec, rundir: Path, ssh_port: int | None = None) -> None:
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir = rundir
-        self.paths = RunPaths.in_dir(rundir, ssh_port)
+        # Sockets live in a short private directory: only this process may connect to them.
+        self.sockets = Path(tempfile.mkdtemp(prefix="fuselab-"))
+        self.paths = RunPaths.in_dir(rundir, ssh_port, self.sockets)
         self.machine = Machine(spec, self.paths)
         self.channel = Channel(self.paths.agent)
         self.disks: list[Disk] = []
@@ -239,3 +243,4 @@ class Guest:
         """Stop QEMU (soft, then hard); safe to call more than once."""
         self.channel.close()
         self.machine.shutdown(timeout=1.0)
+        shutil.rmtree(self.sockets, ignore_errors=True)

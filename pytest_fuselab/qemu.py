@@ -56,9 +56,11 @@ class RunPaths:
     ssh_port: int | None = None
 
     @classmethod
-    def in_dir(cls, directory: Path, ssh_port: int | None = None) -> RunPaths:
+    def in_dir(cls, directory: Path, ssh_port: int | None = None, sockets: Path | None = None) -> RunPaths:
+        """Files in `directory`; sockets in `sockets` (socket paths must stay under 108 bytes)."""
+        sockets = sockets or directory
         return cls(root=directory / "root.qcow2", console=directory / "console.log",
-                   qmp=directory / "qmp.sock", agent=directory / "agent.sock",
+                   qmp=sockets / "qmp.sock", agent=sockets / "agent.sock",
                    log=directory / "qemu.log", ssh_port=ssh_port)
 
 
