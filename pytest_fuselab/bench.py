@@ -69,7 +69,7 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
 def run(settings: Settings, runs: int = 5) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fuselab-bench-") as tmp:
         lab = Lab(settings, Path(tmp))
-        lab.snapshot  # build outside the timings
+        lab.guest().shutdown()  # build the image and snapshot outside the timings
         cold = [timed_cold_boot(lab) for _ in range(runs)]
         reset = [timed_reset(lab) for _ in range(runs)]
         overhead = test_overheads(settings, runs, Path(tmp))

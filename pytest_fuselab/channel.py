@@ -129,7 +129,7 @@ class Channel:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise GuestLost(f"cannot send to the guest agent: {exc}") from exc
+            raise GuestLost(f"the guest's agent channel closed (QEMU exited?): {exc}") from exc
         if not pending.event.wait(wait):
             with self._lock:
                 self._pending.pop(rid, None)

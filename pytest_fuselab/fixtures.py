@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -24,7 +24,8 @@ def parse_size(size: str | int) -> int:
     match = SIZE.match(size.strip())
     if not match:
         raise ValueError(f"disk size {size!r} is not a size like 512M or 4G")
-    return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+    exponent: int = " KMGT".index(match.group(2).upper() or " ")
+    return int(match.group(1)) * (1 << (10 * exponent))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from . import proc, splats
 from .channel import Channel, Result, decode
@@ -101,7 +102,7 @@ class Guest:
             except GuestTimeout:
                 pass
             except GuestLost as exc:
-                raise self.boot_error(f"QEMU exited while booting (status {self.machine.exitcode}): {exc}")
+                raise self.boot_error(f"QEMU exited while booting (status {self.machine.exitcode}): {exc}") from exc
             size = self.paths.console.stat().st_size
             now = time.monotonic()
             if size != last_size:

@@ -104,7 +104,7 @@ def op_disk(req):
                     if os.path.exists(dev):
                         return {"path": dev}
         time.sleep(0.02)
-    raise TimeoutError("no disk with serial %r appeared" % req["serial"])
+    raise TimeoutError(f"no disk with serial {req['serial']!r} appeared")
 
 
 OPS = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping, "disk": op_disk}
@@ -126,13 +126,13 @@ class Agent:
         try:
             req = json.loads(line)
         except ValueError as exc:
-            self.send({"id": None, "ok": False, "error": "bad request: %s" % exc})
+            self.send({"id": None, "ok": False, "error": f"bad request: {exc}"})
             return
         try:
             reply = OPS[req["op"]](req)
             reply.update(id=req.get("id"), ok=True)
         except Exception as exc:
-            reply = {"id": req.get("id"), "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+            reply = {"id": req.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         self.send(reply)
 
     def serve(self):
@@ -165,7 +165,7 @@ def main():
     while not os.path.exists(port):
         time.sleep(0.05)
     fd = os.open(port, os.O_RDWR)
-    print("fuselab-agent: serving %s" % port, file=sys.stderr, flush=True)
+    print(f"fuselab-agent: serving {port}", file=sys.stderr, flush=True)
     Agent(fd).serve()
 
 

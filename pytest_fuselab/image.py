@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from . import initramfs, proc
 from .cache import cache_dir, file_lock
@@ -85,7 +85,7 @@ def host_mirror() -> str:
         for uri in re.findall(r"^URIs:\s*(.+)$", text, re.M):
             for u in uri.split():
                 if "/debian" in u and "security" not in u:
-                    return u
+                    return str(u)
     for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
         if path.exists():
             for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", path.read_text(), re.M):
@@ -270,7 +270,7 @@ def built_images() -> list[Image]:
 
 def clean(everything: bool = False, keep: set[Path] | None = None) -> list[Path]:
     """Remove built images (all, or all but `keep`) and stale build directories."""
-    removed = []
+    removed: list[Path] = []
     if not images_dir().exists():
         return removed
     for p in sorted(images_dir().iterdir()):

@@ -6,7 +6,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from . import accel, image, initramfs, recipe, snapshot
 from .cache import cache_dir

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-from typing import Any, Generator
+from typing import Any
+from collections.abc import Generator
 
 import pytest
 
@@ -22,7 +23,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in OPTIONS:
         text = f"{opt.help} (env {opt.env}, ini {opt.ini}; default: {opt.default or 'none'})"
         group.addoption(opt.flag, dest=opt.ini, metavar=opt.metavar, default=None, help=text)
-        parser.addini(opt.ini, text, type="linelist" if opt.name == "suppress" else "string", default=None)
+        if opt.name == "suppress":
+            parser.addini(opt.ini, text, type="linelist", default=[])
+        else:
+            parser.addini(opt.ini, text, type="string", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -119,7 +123,7 @@ class Summary:
         props = dict(report.user_properties)
         if "fuselab" not in props and "fuselab_guest" not in report.keywords:
             return
-        extra = json.loads(props.get("fuselab", "{}"))
+        extra = json.loads(str(props.get("fuselab", "{}")))
         self.accel = extra.get("accel") or self.accel
         self.results.append({"nodeid": report.nodeid, "outcome": report.outcome, "when": report.when,
                              "seconds": report.duration, "splats": extra.get("splats", [])})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from .errors import SettingError
 
@@ -118,12 +119,9 @@ def resolve(cli: Mapping[str, Any] | None = None, ini: Mapping[str, Any] | None 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for opt in OPTIONS:
-        for source, raw in ((opt.flag, cli.get(opt.name)), (opt.env, env.get(opt.env)),
-                            (f"ini {opt.ini}", ini.get(opt.name)), ("default", opt.default)):
-            if raw not in (None, "", [], ()):
-                break
-        else:
-            source, raw = "default", opt.default
+        candidates = [(opt.flag, cli.get(opt.name)), (opt.env, env.get(opt.env)),
+                      (f"ini {opt.ini}", ini.get(opt.name))]
+        source, raw = next(((s, r) for s, r in candidates if r not in (None, "", [], ())), ("default", opt.default))
         if isinstance(raw, list):
             raw = "\n".join(raw)
         try:

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .cache import cache_dir, file_lock
 from .errors import BootError, GuestError

@@ -55,12 +55,12 @@ def first_func(lines: list[str], skip_sched: bool = False) -> str | None:
     for line in lines:
         match = RIP.search(line)
         if match:
-            return match.group(1)
+            return str(match.group(1))
     for line in lines:
         for name in FUNC.findall(line):
             if skip_sched and SCHED_FRAMES.match(name):
                 continue
-            return name
+            return str(name)
     return None
 
 
