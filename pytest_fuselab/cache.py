@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import HostError
 
 
 def cache_dir() -> Path:
@@ -16,6 +19,16 @@ def cache_dir() -> Path:
         return Path(os.environ["FUSELAB_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fuselab"
+
+
+def require_space(directory: Path, needed: int, what: str) -> None:
+    """Fail early, with numbers, when `directory` cannot hold `needed` more bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise HostError(f"not enough free disk for {what} in {directory}: {free / 2**30:.1f} GiB free, "
+                        f"about {needed / 2**30:.1f} GiB needed; free some space or set FUSELAB_CACHE_DIR "
+                        "to a larger disk (`fuselab image clean` removes cached images)")
 
 
 @contextlib.contextmanager

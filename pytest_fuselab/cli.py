@@ -98,7 +98,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    return shell.run(settings_from(args))
+    return shell.run(settings_from(args), args.remote)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,7 +122,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("command")
     ex.add_argument("--timeout", type=float, default=300)
     add_settings(ex)
-    add_settings(sub.add_parser("shell", help="an interactive SSH session in a fresh guest"))
+    sh = sub.add_parser("shell", help="an SSH session in a fresh guest (interactive, or `shell -- CMD`)")
+    sh.add_argument("remote", nargs=argparse.REMAINDER, help="a command to run over SSH instead of a login")
+    add_settings(sh)
     return p
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from . import initramfs, proc
-from .cache import cache_dir, file_lock
+from .cache import cache_dir, file_lock, require_space
 from .errors import HostError, ImageError
 from .recipe import Recipe
 
@@ -209,6 +209,7 @@ def image_for(recipe: Recipe) -> Image:
 def build(recipe: Recipe, target: Image, progress: Progress) -> Image:
     """Build `recipe` into `target.directory` (built aside, renamed into place when whole)."""
     require_root("building a guest image")
+    require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
     work = target.directory.with_name(target.directory.name + f".build-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     root = work / "root"

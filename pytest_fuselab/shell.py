@@ -42,7 +42,8 @@ def ssh_argv(key: Path, port: int, *command: str) -> list[str]:
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", *command]
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, command: list[str] | None = None) -> int:
+    """SSH into a fresh guest (interactive, or running `command`); the guest stops afterwards."""
     with tempfile.TemporaryDirectory(prefix="fuselab-shell-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o700)
@@ -51,6 +52,7 @@ def run(settings: Settings) -> int:
         with lab.guest(ssh_port=port) as guest:
             key = make_key(workdir)
             enable_ssh(guest, key.with_suffix(".pub").read_text())
-            print(f"fuselab: guest ready; ssh on 127.0.0.1:{port} with a key made for this session "
-                  f"(console: {guest.paths.console}); the guest stops when you log out")
-            return subprocess.call(ssh_argv(key, port))
+            if not command:
+                print(f"fuselab: guest ready; ssh on 127.0.0.1:{port} with a key made for this session "
+                      f"(console: {guest.paths.console}); the guest stops when you log out")
+            return subprocess.call(ssh_argv(key, port, *(command or [])))

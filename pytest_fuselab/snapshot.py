@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
 
-from .cache import cache_dir, file_lock
+from .cache import cache_dir, file_lock, require_space
 from .errors import BootError, GuestError
 from .guest import Guest
 from .qemu import MachineSpec, kernel_cmdline, qemu_version
@@ -114,6 +114,7 @@ def ensure(spec: MachineSpec, base: Path, workdir: Path, progress: Progress, boo
             return target
         if target.directory.exists():
             progress(f"cached snapshot {target.directory} is unusable ({problem}): making it again")
+        require_space(target.directory.parent, (spec.memory_mb + 256) << 20, "the booted-guest snapshot")
         progress(f"cold boot ({spec.accel}, {spec.cpus} vCPUs, {spec.memory_mb} MiB) to make the snapshot")
         with Guest(spec, workdir / "snapshot-boot") as guest:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .guest import Guest
-from .machine import tail
+from .machine import Runstate, tail
 from .splats import Splat
 
 
@@ -43,6 +43,8 @@ def check(guest: Guest, since: int = 0, suppress: tuple[str, ...] = (), answer_w
         health.lost = f"guest stopped answering (no reply to a ping within {answer_within:.0f} s)"
     if health.lost and not health.splats and not guest.console_text(since).strip():
         health.lost += "; no console output during the test"
+    if health.damaged:
+        guest.machine.state = Runstate.CRASHED  # never handed out again
     return health
 
 

@@ -129,3 +129,10 @@ def test_doctor_reports_acceleration_and_why():
     line = next(line for line in out.stdout.splitlines() if line.startswith("acceleration"))
     assert ("KVM — KVM probe guest booted" in line) or ("TCG — KVM rejected:" in line), out.stdout
     assert "qemu-system-x86_64 " in out.stdout and "GiB free" in out.stdout
+
+
+def test_shell_runs_over_ssh_in_a_fresh_guest():
+    out = subprocess.run([sys.executable, "-m", "pytest_fuselab.cli", "shell", "--", "cat", "/etc/hostname"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "fuselab\n"

@@ -66,3 +66,14 @@ def test_sup(fuselab_guest):
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_guest_that_stops_answering_fails_its_test(pytester):
+    pytester.makepyfile(test_frozen='''
+def test_frozen(fuselab_guest):
+    fuselab_guest.run("sleep 0.5; pkill -STOP -f fuselab-agent", timeout=2)
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*GuestTimeout: the guest did not answer 'run' within 12 s*",
+                                 "*guest stopped answering (no reply to a ping within 10 s)*"])
