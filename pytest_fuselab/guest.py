@@ -71,7 +71,8 @@ class Guest:
 
     def boot(self, backing: Path, timeout: float = 180, watchdog: float = 30,
              progress: Progress | None = None) -> None:
-        """Cold boot from the base image; retry once if the console goes quiet for `watchdog` s."""
+        """Cold boot from the base image.  A boot that stalls (no console output for `watchdog`
+        seconds) or dies is retried once: under TCG both happen now and then to good kernels."""
         for attempt in (1, 2):
             create_overlay(self.paths.root, backing)
             self.paths.console.write_bytes(b"")
@@ -88,10 +89,11 @@ class Guest:
                 self.machine.kill()
                 self.channel.close()
                 self.paths.root.unlink(missing_ok=True)
-                if attempt == 2 or "no console output" not in str(exc):
+                if attempt == 2:
                     raise
                 if progress:
-                    progress(f"boot stalled ({exc.args[0].splitlines()[0]}); retrying once")
+                    progress(f"boot failed ({exc.args[0].splitlines()[0]}); retrying once")
+                (self.rundir / "console-failed-boot.log").write_bytes(self.paths.console.read_bytes())
 
     def _wait_ready(self, deadline: float, watchdog: float, progress: Progress | None) -> None:
         last_size, last_change = -1, time.monotonic()
@@ -102,7 +104,10 @@ class Guest:
             except GuestTimeout:
                 pass
             except GuestLost as exc:
-                raise self.boot_error(f"QEMU exited while booting (status {self.machine.exitcode}): {exc}") from exc
+                status = self.machine.wait(5)
+                splat = splats.scan(self.console_text())
+                why = f"kernel splat: {splat[0].title}" if splat else str(exc)
+                raise self.boot_error(f"QEMU exited while booting (status {status}): {why}") from exc
             size = self.paths.console.stat().st_size
             now = time.monotonic()
             if size != last_size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 
@@ -20,12 +21,14 @@ OUTCOME_KEY = pytest.StashKey[bool]()  # True when the test failed
 def progress_for(config: pytest.Config) -> Callable[[str], None]:
     """Progress lines for long steps: the terminal on the controller, stderr on xdist workers."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
     worker = hasattr(config, "workerinput")
 
     def say(message: str) -> None:
-        if reporter is not None and not worker:
-            reporter.write_line(f"fuselab: {message}")
-        else:
-            print(f"fuselab: {message}", file=sys.stderr, flush=True)
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter is not None and not worker:
+                reporter.write_line(f"fuselab: {message}")
+            else:
+                print(f"fuselab: {message}", file=sys.stderr, flush=True)
 
     return say
