@@ -41,7 +41,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_image(args: argparse.Namespace) -> int:
     if args.action == "build":
-        built = image.ensure(recipe.load(args.recipe), stderr_progress, rebuild=args.rebuild)
+        built = image.ensure(recipe.load(args.recipe), stderr_progress, rebuild=args.rebuild, refresh=args.refresh)
         manifest = built.manifest()
         print(f"{built.directory}  kernel {manifest['kernel_version']}  built {manifest['built']}")
     elif args.action == "list":
@@ -58,8 +58,12 @@ def cmd_image(args: argparse.Namespace) -> int:
         if not image.built_images():
             print(f"no images built yet in {image.images_dir()} (`fuselab image build`)")
     else:
-        for path in image.clean(everything=True):
+        current = image.latest_built(recipe.load(args.recipe))
+        keep = {current.directory} if current else set()
+        for path in image.clean(everything=args.all, keep=keep):
             print(f"removed {path}")
+        if current and not args.all:
+            print(f"kept {current.directory} (the newest image of recipe {args.recipe}; --all removes it too)")
     return 0
 
 
@@ -110,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("action", choices=["build", "list", "clean"])
     img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
     img.add_argument("--rebuild", action="store_true", help="build even if a cached image looks fine")
+    img.add_argument("--refresh", action="store_true", help="read the archive's package versions now")
+    img.add_argument("--all", action="store_true", help="with clean: remove every image and snapshot")
     run = sub.add_parser("run", help="run the scenario suite and print a summary (extra args go to pytest)")
     run.add_argument("paths", nargs="*", help="scenario files or directories (default: the scenarios/ suite)")
     run.add_argument("--results", default="fuselab-results", help="directory for JUnit XML (default: %(default)s)")

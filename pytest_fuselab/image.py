@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 
-from . import initramfs, proc
+from . import initramfs, proc, versions
 from .cache import cache_dir, file_lock, require_space
 from .errors import HostError, ImageError
 from .recipe import Recipe
@@ -196,17 +196,30 @@ def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def image_key(recipe: Recipe) -> str:
-    """What decides a built image: the recipe, its files, our initramfs and this layout."""
+def recipe_key(recipe: Recipe) -> str:
+    """What decides an image apart from the archive: the recipe, its files, our initramfs."""
     data = f"{recipe.digest()}\n{initramfs.INIT_SCRIPT}\n{FORMAT}".encode()
     return hashlib.sha256(data).hexdigest()
 
 
-def image_for(recipe: Recipe) -> Image:
-    return Image(images_dir() / f"{recipe.name}-{image_key(recipe)[:12]}")
+def image_key(recipe: Recipe, archive: dict[str, str]) -> str:
+    """The recipe key plus the versions the archive offers for the recipe's packages."""
+    data = recipe_key(recipe) + json.dumps(archive, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
-def build(recipe: Recipe, target: Image, progress: Progress) -> Image:
+def image_for(recipe: Recipe, archive: dict[str, str] | None = None) -> Image:
+    return Image(images_dir() / f"{recipe.name}-{image_key(recipe, archive or {})[:12]}")
+
+
+def latest_built(recipe: Recipe) -> Image | None:
+    """The newest usable image built from this very recipe, whatever the archive had then."""
+    mine = [img for img in built_images() if img.problem() is None
+            and img.manifest().get("recipe_key") == recipe_key(recipe)]
+    return max(mine, key=lambda img: img.manifest_path.stat().st_mtime, default=None)
+
+
+def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, str] | None = None) -> Image:
     """Build `recipe` into `target.directory` (built aside, renamed into place when whole)."""
     require_root("building a guest image")
     require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
@@ -234,7 +247,8 @@ def build(recipe: Recipe, target: Image, progress: Progress) -> Image:
     make_disk(root, work / "base.qcow2", recipe.size_mb, log)
     shutil.rmtree(root)
     files = ("base.qcow2", "vmlinuz", "initrd.gz", "modules.dep")
-    manifest = {"format": FORMAT, "recipe": recipe.name, "key": image_key(recipe),
+    manifest = {"format": FORMAT, "recipe": recipe.name, "recipe_key": recipe_key(recipe),
+                "archive_versions": archive or {},
                 "kernel_version": version, "packages": versions, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "build_seconds": round(time.monotonic() - start, 1),
                 "sizes": {f: (work / f).stat().st_size for f in files}}
@@ -249,18 +263,27 @@ def _stepper(progress: Progress, start: float) -> Progress:
     return lambda msg: progress(f"[{time.monotonic() - start:5.0f}s] {msg}")
 
 
-def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False) -> Image:
-    """Return the cached image for `recipe`, building it once (under a lock) if needed."""
-    target = image_for(recipe)
+def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False, refresh: bool = False) -> Image:
+    """Return the cached image for `recipe` and the archive's current package versions,
+    building it once (under a lock) if needed.  Offline, the newest build of the recipe serves."""
+    archive = versions.archive_versions(host_mirror(), recipe.suite, [*recipe.packages, recipe.kernel_package],
+                                        progress, refresh)
+    target = image_for(recipe, archive)
     if not rebuild and target.problem() is None:
         return target
+    previous = latest_built(recipe)
+    if not archive and previous is not None and not rebuild:
+        return previous
     with file_lock(target.directory.with_suffix(".lock"), f"image {target.directory.name}", progress):
         problem = target.problem()
         if problem is None and not rebuild:
             return target  # another process built it while we waited
         if target.directory.exists() and problem:
             progress(f"cached image {target.directory} is unusable ({problem}): rebuilding it")
-        return build(recipe, target, progress)
+        elif previous is not None and previous != target:
+            changes = versions.describe_changes(versions.kept_for(previous.manifest_path), archive)
+            progress(f"the archive moved on since {previous.directory.name} ({changes}): building a new image")
+        return build(recipe, target, progress, archive)
 
 
 def built_images() -> list[Image]:
@@ -270,13 +293,29 @@ def built_images() -> list[Image]:
 
 
 def clean(everything: bool = False, keep: set[Path] | None = None) -> list[Path]:
-    """Remove built images (all, or all but `keep`) and stale build directories."""
+    """Remove built images but those in `keep` (all of them with `everything`), stale build
+    directories, and snapshots whose image is gone."""
     removed: list[Path] = []
-    if not images_dir().exists():
-        return removed
-    for p in sorted(images_dir().iterdir()):
-        stale = ".build-" in p.name and not Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()
-        if p.is_dir() and (everything or stale or (keep is not None and p not in keep)):
+    keep = set() if everything else (keep or set())
+    for p in sorted(images_dir().iterdir()) if images_dir().exists() else []:
+        if p.is_dir() and p not in keep:
+            building = ".build-" in p.name and Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()
+            if not building:
+                shutil.rmtree(p)
+                removed.append(p)
+    snapshots = cache_dir() / "snapshots"
+    for p in sorted(snapshots.iterdir()) if snapshots.exists() else []:
+        backing = p / "root.qcow2"
+        if p.is_dir() and (everything or not _backing_exists(backing)):
             shutil.rmtree(p)
             removed.append(p)
     return removed
+
+
+def _backing_exists(overlay: Path) -> bool:
+    try:
+        info = json.loads(proc.run(["qemu-img", "info", "--output=json", str(overlay)], ImageError))
+    except (ImageError, ValueError):
+        return False
+    backing = info.get("backing-filename")
+    return bool(backing) and Path(backing).exists()

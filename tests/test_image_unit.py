@@ -80,12 +80,30 @@ def test_a_damaged_cached_image_is_noticed(tmp_path):
 
 def test_ensure_rebuilds_a_corrupt_image_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+    archive = {"fuse3": "3.18.3-1"}
+    monkeypatch.setattr(image.versions, "archive_versions", lambda *a, **k: archive)
     r = recipe.load("sid")
-    target = image.image_for(r)
+    target = image.image_for(r, archive)
     target.directory.mkdir(parents=True)
     (target.directory / "manifest.json").write_text("{broken")
     built, said = [], []
-    monkeypatch.setattr(image, "build", lambda rec, tgt, progress: built.append(tgt) or tgt)
+    monkeypatch.setattr(image, "build", lambda rec, tgt, progress, arch: built.append(tgt) or tgt)
     image.ensure(r, said.append)
     assert built == [target]
     assert any("unusable (manifest unreadable" in m and "rebuilding" in m for m in said)
+
+
+def test_new_archive_versions_mean_a_new_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+    r = recipe.load("sid")
+    old, new = {"fuse3": "3.18.3-1"}, {"fuse3": "3.18.4-1"}
+    assert image.image_for(r, old) != image.image_for(r, new)
+    assert image.image_for(r, old) == image.image_for(r, dict(old))
+
+
+def test_packages_index_parsing():
+    from pytest_fuselab.versions import describe_changes, parse_packages
+    index = ("Package: fuse3\nVersion: 3.18.3-1\nArchitecture: amd64\n\n"
+             "Package: fuse2fs\nVersion: 1.47.4-1\n\nPackage: other\nVersion: 1\n")
+    assert parse_packages(index, ["fuse3", "fuse2fs", "absent"]) == {"fuse3": "3.18.3-1", "fuse2fs": "1.47.4-1"}
+    assert describe_changes({"fuse3": "1"}, {"fuse3": "2"}) == "fuse3 1 → 2"
