@@ -54,8 +54,8 @@ def setup(say: object = print) -> int:
 def probe_kernel() -> Path | None:
     """A kernel to probe KVM with: the default image's, else the host's own."""
     try:
-        built = image.image_for(recipe.load("sid"))
-        if built.problem() is None:
+        built = image.latest_built(recipe.load("sid"))
+        if built is not None:
             return built.kernel
     except FuselabError:
         pass
