@@ -34,10 +34,17 @@ class Driver:
     def unmount_command(self, mountpoint: str) -> str:
         return f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
 
-    def mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 60) -> Result:
+    def try_mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
+        """Attempt a mount and return what happened, refused or not."""
         guest.run(f"mkdir -p {mountpoint}" + (f" && chown {self.user}: {mountpoint}" if self.user else ""))
-        result = guest.run(self.wrap(self.mount_command(device, mountpoint)), timeout=timeout)
-        seen = guest.run(f"findmnt -n -o FSTYPE --mountpoint {mountpoint}", check=False).stdout.strip()
+        return guest.run(self.wrap(self.mount_command(device, mountpoint)), timeout=timeout, check=False)
+
+    def mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
+        """Mount, and make sure this driver really is what got mounted."""
+        result = self.try_mount(guest, device, mountpoint, timeout)
+        if not result.ok:
+            raise CommandFailed(result)
+        seen = mounted(guest, mountpoint)
         if seen != self.fstype:
             raise CommandFailed(Result(f"findmnt {mountpoint}", 1, seen,
                                        f"expected a {self.fstype} mount from driver {self.name}", 0.0))
@@ -52,3 +59,8 @@ DRIVERS = {
     "fuse2fs": Driver("fuse2fs", "fuse.ext4"),
     "fuse2fs-user": Driver("fuse2fs-user", "fuse.ext4", user=USER),
 }
+
+
+def mounted(guest: Guest, mountpoint: str) -> str:
+    """The filesystem type mounted at `mountpoint` in the guest, or "" when nothing is."""
+    return guest.run(f"findmnt -n -o FSTYPE --mountpoint {mountpoint}", check=False).stdout.strip()

@@ -38,18 +38,60 @@ def fuselab_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return config.stash[LAB_KEY]
 
 
-@pytest.fixture
-def fuselab_guest(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Guest]:
-    """A ready guest, fresh for this test (restored from the booted snapshot)."""
-    rundir = fuselab_lab.rundir(_safe_name(request.node.name))
+def _start(lab: Lab, request: pytest.FixtureRequest, suffix: str = "") -> Guest:
+    """A restored guest registered with the test, so the plugin judges its health."""
+    rundir = lab.rundir(_safe_name(request.node.name) + suffix)
     try:
-        guest = fuselab_lab.guest(rundir)
+        guest = lab.guest(rundir)
     except FuselabError as exc:
         pytest.fail(f"fuselab could not start a guest: {exc}", pytrace=False)
     request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
+    return guest
+
+
+def _stop(lab: Lab, request: pytest.FixtureRequest, guests: list[Guest]) -> None:
+    for guest in guests:
+        guest.shutdown()
+    for guest in guests:
+        _retain(request, guest.rundir, lab.settings.keep)
+
+
+@pytest.fixture
+def fuselab_guest(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """A ready guest, fresh for this test (restored from the booted snapshot)."""
+    guest = _start(fuselab_lab, request)
     yield guest
-    guest.shutdown()
-    _retain(request, rundir, fuselab_lab.settings.keep)
+    _stop(fuselab_lab, request, [guest])
+
+
+@pytest.fixture
+def fuselab_guest_pair(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[tuple[Guest, Guest]]:
+    """Two fresh guests, each with its own root overlay, for disks shared between them."""
+    first = _start(fuselab_lab, request, "-a")
+    try:
+        second = _start(fuselab_lab, request, "-b")
+    except BaseException:
+        _stop(fuselab_lab, request, [first])
+        raise
+    yield first, second
+    _stop(fuselab_lab, request, [first, second])
+
+
+@pytest.fixture
+def fuselab_shared_disk(fuselab_guest_pair: tuple[Guest, Guest]) -> Callable[..., tuple[Disk, Disk]]:
+    """Attach one raw disk to both guests of the pair at once: `fuselab_shared_disk("256M")`.
+    No image locking, `share-rw=on`, host cache off, as two hosts sharing a LUN would see it."""
+
+    def attach(size: str | int = "256M") -> tuple[Disk, Disk]:
+        first, second = fuselab_guest_pair
+        host = first.rundir / f"shared{len(first.disks) + 1}.raw"
+        with open(host, "wb") as f:
+            f.truncate(parse_size(size))
+        name = host.stem
+        return (first.attach_disk(host, fmt="raw", name=name, shared=True),
+                second.attach_disk(host, fmt="raw", name=name, shared=True))
+
+    return attach
 
 
 @pytest.fixture
@@ -81,7 +123,7 @@ def _safe_name(name: str) -> str:
 def _retain(request: pytest.FixtureRequest, rundir: Path, keep: str) -> None:
     failed = request.node.stash.get(OUTCOME_KEY, False)
     if keep == "all" or (keep == "failed" and failed):
-        for big in [*rundir.glob("disk*"), rundir / "root.qcow2"]:
+        for big in [*rundir.glob("disk*"), *rundir.glob("shared*"), rundir / "root.qcow2"]:
             big.unlink(missing_ok=True)  # disks are big and rebuildable; console and logs are kept
         return
     shutil.rmtree(rundir, ignore_errors=True)

@@ -56,6 +56,7 @@ class Guest:
         self.channel = Channel(self.paths.agent)
         self.disks: list[Disk] = []
         self.boot_seconds = 0.0
+        self.killed = False  # killed on purpose by a test: its loss is not a verdict
 
     def __enter__(self) -> Guest:
         return self
@@ -244,6 +245,12 @@ class Guest:
         return disk
 
     # -- stopping ---------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Pull the plug (SIGKILL to QEMU), as a crash of the whole machine would."""
+        self.killed = True
+        self.machine.kill()
+        self.channel.close()
 
     def shutdown(self) -> None:
         """Stop QEMU (soft, then hard); safe to call more than once."""

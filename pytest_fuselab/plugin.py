@@ -11,7 +11,13 @@ import pytest
 
 from . import report
 from .errors import SettingError
-from .fixtures import fuselab_disk, fuselab_guest, fuselab_lab  # noqa: F401  (registers them)
+from .fixtures import (  # noqa: F401  (importing registers them)
+    fuselab_disk,
+    fuselab_guest,
+    fuselab_guest_pair,
+    fuselab_lab,
+    fuselab_shared_disk,
+)
 from .keys import GUESTS_KEY, LAB_KEY, OUTCOME_KEY, SETTINGS_KEY
 from .machine import tail
 from .settings import OPTIONS, resolve
@@ -59,7 +65,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "fuselab_guest" in getattr(item, "fixturenames", ()):
+        if {"fuselab_guest", "fuselab_guest_pair"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.fuselab_guest)
 
 

@@ -100,7 +100,7 @@ def test_guest(fuselab_guest, n, worker_id):
 
 def test_boot_watchdog_retries_once_then_reports(tmp_path):
     lab = Lab(resolve({}, {}, env={}), tmp_path)
-    spec = lab.spec.__class__(**{**lab.spec.__dict__, "cmdline": ("quiet", "loglevel=0", "fuselab_init=/usr/bin/cat")})
+    spec = lab.spec.__class__(**{**lab.spec.__dict__, "cmdline": ("quiet", "loglevel=0", "fuselab_init=\"/usr/bin/sleep infinity\"")})
     said = []
     guest = Guest(spec, tmp_path / "stalled")
     start = time.monotonic()
