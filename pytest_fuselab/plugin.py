@@ -131,8 +131,10 @@ class Summary:
             return
         extra = json.loads(str(props.get("fuselab", "{}")))
         self.accel = extra.get("accel") or self.accel
-        self.results.append({"nodeid": report.nodeid, "outcome": report.outcome, "when": report.when,
-                             "seconds": report.duration, "splats": extra.get("splats", [])})
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        notes = extra.get("splats", []) + ([str(report.wasxfail)] if hasattr(report, "wasxfail") else [])
+        self.results.append({"nodeid": report.nodeid, "outcome": outcome, "when": report.when,
+                             "seconds": report.duration, "splats": notes})
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput") or not self.results:

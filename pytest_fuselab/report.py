@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL"}
 
 
 def split_nodeid(nodeid: str) -> tuple[str, str]:
@@ -17,7 +17,7 @@ def split_nodeid(nodeid: str) -> tuple[str, str]:
 
 
 def table(results: list[dict[str, Any]], accel: str | None = None) -> list[str]:
-    rows = [("scenario", "variant", "result", "time", "kernel splats / guest")]
+    rows = [("scenario", "variant", "result", "time", "kernel splats / guest / notes")]
     for r in results:
         scenario, variant = split_nodeid(r["nodeid"])
         result = MARK.get(r["outcome"], r["outcome"].upper())
@@ -27,7 +27,8 @@ def table(results: list[dict[str, Any]], accel: str | None = None) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows]
     lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
-    counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("passed", "failed", "skipped")}
+    counts = {k: sum(1 for r in results if r["outcome"] == k) for k in ("passed", "failed", "skipped", "xfailed")}
     lines.append(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+                 + (f", {counts['xfailed']} expected failures (findings)" if counts["xfailed"] else "")
                  + (f"; acceleration: {accel}" if accel else ""))
     return lines

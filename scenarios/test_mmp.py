@@ -43,7 +43,7 @@ def refusal_text(guest, driver, result) -> str:
 
 def hold_with_data(guest, driver, device):
     driver.mount(guest, device, HOLD)
-    guest.run(driver.wrap(f"printf %s {DATA!r} > {HOLD}/data && sync {HOLD}/data"))
+    guest.run(driver.wrap(f"echo '{DATA.strip()}' > {HOLD}/data && sync {HOLD}/data"))
 
 
 def check_refused(contender_guest, contender, device, holder):

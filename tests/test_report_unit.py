@@ -15,7 +15,7 @@ def test_table_rows_and_totals():
         {"nodeid": "s/t.py::test_a[f]", "outcome": "failed", "seconds": 9.0, "splats": ["WARNING in foo"]},
         {"nodeid": "s/t.py::test_b", "outcome": "failed", "when": "setup", "seconds": 1.0, "splats": []},
     ], accel="tcg (KVM rejected)")
-    assert lines[0].split() == ["scenario", "variant", "result", "time", "kernel", "splats", "/", "guest"]
+    assert lines[0].split()[:5] == ["scenario", "variant", "result", "time", "kernel"]
     assert "PASS" in lines[2] and "3.2s" in lines[2]
     assert "FAIL" in lines[3] and lines[3].endswith("WARNING in foo")
     assert "FAIL (setup)" in lines[4]
