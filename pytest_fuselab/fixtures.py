@@ -99,7 +99,8 @@ def fuselab_disk(fuselab_guest: Guest, request: pytest.FixtureRequest) -> Callab
     """Attach a fresh virtio disk: `fuselab_disk("1G")`, or `fuselab_disk(image=path)` (the
     image is never written: the guest writes to a copy-on-write overlay)."""
 
-    def attach(size: str | int = "1G", image: str | os.PathLike[str] | None = None) -> Disk:
+    def attach(size: str | int = "1G", image: str | os.PathLike[str] | None = None,
+               block_size: int | None = None) -> Disk:
         n = len(fuselab_guest.disks) + 1
         if image is not None:
             source = Path(image).resolve()
@@ -107,11 +108,11 @@ def fuselab_disk(fuselab_guest: Guest, request: pytest.FixtureRequest) -> Callab
                 raise FuselabError(f"disk image {source} does not exist")
             host = fuselab_guest.rundir / f"disk{n}.qcow2"
             create_overlay(host, source, fmt="raw")
-            return fuselab_guest.attach_disk(host, fmt="qcow2")
+            return fuselab_guest.attach_disk(host, fmt="qcow2", block_size=block_size)
         host = fuselab_guest.rundir / f"disk{n}.raw"
         with open(host, "wb") as f:
             f.truncate(parse_size(size))
-        return fuselab_guest.attach_disk(host, fmt="raw")
+        return fuselab_guest.attach_disk(host, fmt="raw", block_size=block_size)
 
     return attach
 

@@ -225,8 +225,9 @@ class Guest:
     # -- disks ------------------------------------------------------------------------------
 
     def attach_disk(self, host_path: Path, fmt: str = "raw", name: str | None = None,
-                    shared: bool = False, timeout: float = 30) -> Disk:
-        """Hot-plug `host_path` as a virtio disk and return it once the guest sees it."""
+                    shared: bool = False, block_size: int | None = None, timeout: float = 30) -> Disk:
+        """Hot-plug `host_path` as a virtio disk and return it once the guest sees it.
+        `block_size` sets the logical and physical sector size the guest sees (512, 4096)."""
         name = name or f"disk{len(self.disks) + 1}"
         file_opts: dict[str, Any] = {"driver": "file", "filename": str(host_path)}
         if shared:
@@ -237,6 +238,8 @@ class Guest:
                                   "serial": f"fuselab-{name}"}
         if shared:
             device["share-rw"] = True
+        if block_size:
+            device["logical_block_size"] = device["physical_block_size"] = block_size
         self.machine.qmp("device_add", **device)
         reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout)
         size = int(self.run(["blockdev", "--getsize64", reply["path"]]).stdout)
