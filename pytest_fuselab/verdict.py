@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .guest import Guest
@@ -15,20 +16,22 @@ class Health:
 
     splats: list[Splat] = field(default_factory=list)
     lost: str | None = None  # "QEMU exited …" or "guest stopped answering …"
+    stuck: list[str] = field(default_factory=list)  # tasks left in D state
 
     @property
     def damaged(self) -> bool:
-        return bool(self.splats or self.lost)
+        return bool(self.splats or self.lost or self.stuck)
 
     def titles(self) -> list[str]:
-        return [s.title for s in self.splats] + ([self.lost] if self.lost else [])
+        stuck = [f"tasks stuck in D state: {', '.join(self.stuck)}"] if self.stuck else []
+        return [s.title for s in self.splats] + ([self.lost] if self.lost else []) + stuck
 
     def explain(self) -> str:
-        parts = []
-        for splat in self.splats:
-            parts.append(f"kernel splat: {splat.title}\n{splat.excerpt}")
+        parts = [f"kernel splat: {splat.title}\n{splat.excerpt}" for splat in self.splats]
         if self.lost:
             parts.append(self.lost)
+        if self.stuck:
+            parts.append(f"tasks still in uninterruptible sleep (D) after {STUCK_GRACE:.0f} s: " + ", ".join(self.stuck))
         return "\n\n".join(parts)
 
 
@@ -43,11 +46,27 @@ def check(guest: Guest, since: int = 0, suppress: tuple[str, ...] = (), answer_w
         health.lost = f"guest lost: {guest.channel.lost}"
     elif not guest.ping(answer_within):
         health.lost = f"guest stopped answering (no reply to a ping within {answer_within:.0f} s)"
+    else:
+        health.stuck = stuck_tasks(guest)
     if health.lost and not health.splats and not guest.console_text(since).strip():
         health.lost += "; no console output during the test"
     if health.damaged:
         guest.machine.state = Runstate.CRASHED  # never handed out again
     return health
+
+
+STUCK_GRACE = 5.0
+PS_D = "ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/ {print $3 \"[\" $2 \"]\"}'"
+
+
+def stuck_tasks(guest: Guest) -> list[str]:
+    """Tasks in D state that are still there `STUCK_GRACE` seconds later (a short D is normal)."""
+    first = guest.run(PS_D, timeout=15, check=False).stdout.split()
+    if not first:
+        return []
+    time.sleep(STUCK_GRACE)
+    again = set(guest.run(PS_D, timeout=15, check=False).stdout.split())
+    return [task for task in first if task in again]
 
 
 def console_tail(guest: Guest, lines: int = 30) -> str:

@@ -1,8 +1,8 @@
 """Unmount races: the FUSE server killed mid-write, lazy unmount with I/O in flight, an abort
 through fusectl, umount racing open/stat loops, and many mount/unmount cycles.
 
-After each: processes see clean errors (ENOTCONN, EBUSY), the mount can be removed, no task
-is left in D state, the kernel stays quiet (the plugin fails the test on any splat).
+After each: processes see clean errors (ENOTCONN, EBUSY) and the mount can be removed; the
+plugin then fails the test on any kernel splat or any task left in D state.
 """
 
 from __future__ import annotations
@@ -38,13 +38,6 @@ def wait_gone(guest, pid, seconds=30):
     return False
 
 
-def stuck_tasks(guest, grace=5.0):
-    """Tasks in uninterruptible sleep that stay there for `grace` seconds."""
-    time.sleep(grace)
-    out = guest.run("ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/'", check=False).stdout
-    return out.strip()
-
-
 def server_pid(guest):
     return guest.run("pgrep -x fuse2fs", check=False).stdout.split()
 
@@ -64,7 +57,6 @@ def test_server_killed_mid_write(fuselab_guest, fuselab_disk, driver):
     assert ls.exit_status != 0 and "Transport endpoint is not connected" in ls.stderr, ls
     d.unmount(guest, MNT)
     assert mounted(guest, MNT) == ""
-    assert stuck_tasks(guest) == ""
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
@@ -85,7 +77,6 @@ def test_lazy_unmount_with_open_files_and_io(fuselab_guest, fuselab_disk, driver
         while server_pid(guest) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert not server_pid(guest), "fuse2fs did not exit after the last user of the mount went away"
-    assert stuck_tasks(guest) == ""
     fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
     assert fsck.exit_status == 0, fsck
     d.mount(guest, disk.path, MNT)
@@ -107,7 +98,6 @@ def test_abort_through_fusectl(fuselab_guest, fuselab_disk, driver):
     assert cat.exit_status != 0 and ("not connected" in cat.stderr or "aborted" in cat.stderr), cat
     guest.run(f"umount {MNT}")  # root may always remove an aborted mount
     assert mounted(guest, MNT) == ""
-    assert stuck_tasks(guest) == ""
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
@@ -131,7 +121,6 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
         guest.run(f"kill {pid}", check=False)
         assert wait_gone(guest, pid)
     assert mounted(guest, MNT) == ""
-    assert stuck_tasks(guest) == ""
     fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
     assert fsck.exit_status == 0, fsck
 

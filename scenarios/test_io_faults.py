@@ -1,0 +1,54 @@
+"""Block-layer write errors under each driver (dm-flakey in the guest, switched on mid-run).
+
+Data written and synced before the fault must survive; a write or fsync during the fault must
+report the error to the caller (fsync or close), never succeed silently; the kernel must stay
+clean (the plugin fails the test on any splat).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_fuselab.drivers import DRIVERS, USER
+
+MNT, DM = "/mnt/faulty", "fuselab-faulty"
+WRITE = ("python3 -c \"import os, sys; fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC); "
+         "os.write(fd, os.urandom(1 << 20)); os.fsync(fd); os.close(fd); print('synced')\"")
+
+
+def table(guest, device: str, target: str) -> None:
+    sectors = guest.run(f"blockdev --getsz {device}").stdout.strip()
+    spec = {"linear": f"linear {device} 0", "error-writes": f"flakey {device} 0 0 1 1 error_writes"}[target]
+    if guest.run(f"dmsetup info {DM}", check=False).ok:
+        guest.run(f"dmsetup suspend --nolockfs {DM} && dmsetup load {DM} --table '0 {sectors} {spec}' "
+                  f"&& dmsetup resume {DM}")
+    else:
+        guest.run(f"dmsetup create {DM} --table '0 {sectors} {spec}' && chgrp disk /dev/mapper/{DM} "
+                  f"$(readlink -f /dev/mapper/{DM}) && chmod 660 $(readlink -f /dev/mapper/{DM})")
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_write_errors_are_reported_and_synced_data_survives(fuselab_guest, fuselab_disk, driver, record_property):
+    guest, d = fuselab_guest, DRIVERS[driver]
+    if guest.run("command -v dmsetup && modprobe dm-flakey", check=False).exit_status != 0:
+        pytest.skip("dmsetup or the dm-flakey module is missing from this image")
+    disk = fuselab_disk("128M")
+    table(guest, disk.path, "linear")
+    dev = f"/dev/mapper/{DM}"
+    guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {dev}")
+    d.mount(guest, dev, MNT)
+    guest.run(d.wrap(f"{WRITE} {MNT}/before && sha256sum {MNT}/before > /tmp/before.sum"))
+    table(guest, disk.path, "error-writes")
+    during = guest.run(d.wrap(f"{WRITE} {MNT}/during"), check=False, timeout=120)
+    record_property("during_fault", f"status {during.exit_status}: {during.stderr.strip()[-300:]}")
+    assert during.exit_status != 0 and "synced" not in during.stdout, \
+        f"a write during a block-layer fault was reported as synced: {during}"
+    assert "Input/output error" in during.stderr or "Read-only file system" in during.stderr, during
+    table(guest, disk.path, "linear")
+    d.unmount(guest, MNT)
+    d.mount(guest, dev, MNT)
+    guest.run(d.wrap("sha256sum -c /tmp/before.sum"))
+    d.unmount(guest, MNT)
+    fsck = guest.run(f"e2fsck -fn {dev}", check=False)
+    record_property("fsck_after_fault", fsck.exit_status)
+    guest.run(f"dmsetup remove {DM}")

@@ -1,0 +1,121 @@
+"""Deterministic races against a FUSE server that stalls, fails or crashes on command.
+
+stallfs (pytest_fuselab/stallfs.py, pyfuse3, run in the guest) marks the moment a chosen
+operation is reached; the test acts only then (unmount, abort, kill), so each race happens in
+the same order every run.  The stalling server proves the ordering.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import pytest_fuselab
+from pytest_fuselab.drivers import mounted
+
+MNT, STATE, SERVER = "/mnt/stall", "/run/stallfs", "/usr/local/bin/stallfs"
+STALLFS = Path(pytest_fuselab.__file__).with_name("stallfs.py")
+
+
+@pytest.fixture
+def stallfs(fuselab_guest):
+    """start(*faults) mounts stallfs at MNT with those faults and returns the server's pid."""
+    guest = fuselab_guest
+    guest.put(SERVER, STALLFS, mode=0o755)
+    if guest.run("python3 -c 'import pyfuse3'", check=False).exit_status != 0:
+        pytest.skip("python3-pyfuse3 is not in this image")
+
+    def start(*faults: str) -> str:
+        args = " ".join(f"--fault {f}" for f in faults)
+        guest.run(f"rm -rf {STATE} && mkdir -p {MNT} {STATE}")
+        guest.run(f"nohup {SERVER} {MNT} --state {STATE} {args} > {STATE}/server.log 2>&1 & echo $! > {STATE}/pid")
+        wait_for(guest, f"{STATE}/mounted")
+        assert mounted(guest, MNT) == "fuse"
+        return guest.run(f"cat {STATE}/pid").stdout.strip()
+
+    return start
+
+
+def wait_for(guest, path: str, seconds: float = 30) -> None:
+    guest.run(f"for i in $(seq {int(seconds * 20)}); do [ -e {path} ] && exit 0; sleep 0.05; done; exit 1",
+              timeout=seconds + 10)
+
+
+def in_background(guest, command: str, name: str) -> str:
+    guest.run(f"nohup sh -c '{command}' > {STATE}/{name}.out 2>&1 & echo $! > {STATE}/{name}.pid")
+    return guest.run(f"cat {STATE}/{name}.pid").stdout.strip()
+
+
+def exit_status(guest, pid: str, name: str, seconds: float = 30) -> str:
+    """Wait for a background command to finish; return its output."""
+    deadline = time.monotonic() + seconds
+    while guest.run(f"kill -0 {pid}", check=False).ok:
+        assert time.monotonic() < deadline, f"{name} is still running after {seconds} s"
+        time.sleep(0.1)
+    return guest.run(f"cat {STATE}/{name}.out").stdout
+
+
+def test_lazy_unmount_while_a_write_is_stalled(fuselab_guest, stallfs):
+    guest = fuselab_guest
+    server = stallfs("write:1:hang")
+    writer = in_background(guest, f"echo payload > {MNT}/f && echo written", "writer")
+    wait_for(guest, f"{STATE}/reached-write-1")  # the write is inside the server now
+    guest.run(f"umount -l {MNT}")
+    assert mounted(guest, MNT) == ""
+    assert guest.run(f"kill -0 {writer}", check=False).ok, "the stalled writer should still wait"
+    guest.run(f"touch {STATE}/release-write-1")
+    assert "written" in exit_status(guest, writer, "writer")
+    exit_status(guest, server, "server")  # the server exits once its last user is gone
+
+
+def test_server_crash_inside_fsync(fuselab_guest, stallfs):
+    guest = fuselab_guest
+    stallfs("fsync:1:crash")
+    out = guest.run(f"python3 -c \"import os; fd = os.open('{MNT}/f', os.O_CREAT | os.O_WRONLY); "
+                    f"os.write(fd, b'x'); os.fsync(fd)\"", check=False)
+    assert out.exit_status != 0 and ("not connected" in out.stderr or "aborted" in out.stderr), out
+    ls = guest.run(f"ls {MNT}", check=False)
+    assert "Transport endpoint is not connected" in ls.stderr, ls
+    guest.run(f"umount {MNT}")
+    assert mounted(guest, MNT) == ""
+
+
+def test_abort_while_a_read_is_stalled(fuselab_guest, stallfs):
+    guest = fuselab_guest
+    stallfs("read:1:hang")
+    guest.run(f"echo data > {MNT}/f")
+    reader = in_background(guest, f"cat {MNT}/f", "reader")
+    wait_for(guest, f"{STATE}/reached-read-1")
+    minor = guest.run(f"findmnt -n -o MAJ:MIN --mountpoint {MNT}").stdout.strip().split(":")[1]
+    guest.run(f"echo 1 > /sys/fs/fuse/connections/{minor}/abort")
+    out = exit_status(guest, reader, "reader")
+    assert "not connected" in out or "aborted" in out, out
+    guest.run(f"touch {STATE}/release-read-1")
+    guest.run(f"umount {MNT}")
+    assert mounted(guest, MNT) == ""
+
+
+def test_sigkill_of_a_reader_stuck_in_the_server(fuselab_guest, stallfs):
+    guest = fuselab_guest
+    stallfs("getattr:*:delay=0", "read:1:hang")
+    guest.run(f"echo data > {MNT}/f")
+    reader = in_background(guest, f"cat {MNT}/f", "reader")
+    wait_for(guest, f"{STATE}/reached-read-1")
+    guest.run(f"kill -KILL {reader}")
+    exit_status(guest, reader, "reader", seconds=10)  # a FUSE wait must be killable
+    guest.run(f"touch {STATE}/release-read-1")
+    assert guest.run(f"cat {MNT}/f").stdout == "data\n"
+    guest.run(f"umount {MNT}")
+
+
+def test_errors_from_the_server_reach_the_caller(fuselab_guest, stallfs):
+    guest = fuselab_guest
+    stallfs("write:1:error=ENOSPC", "fsync:1:error=EIO")
+    full = guest.run(f"sh -c 'echo x > {MNT}/a'", check=False)
+    assert "No space left on device" in full.stderr, full
+    sync = guest.run(f"python3 -c \"import os; fd = os.open('{MNT}/b', os.O_CREAT | os.O_WRONLY); "
+                     f"os.write(fd, b'y'); os.fsync(fd)\"", check=False)
+    assert "Input/output error" in sync.stderr, sync
+    guest.run(f"umount {MNT}")
