@@ -101,6 +101,30 @@ def cmd_exec(args: argparse.Namespace) -> int:
             return 124 if result.timed_out else result.exit_status
 
 
+def cmd_repro(args: argparse.Namespace) -> int:
+    """Extract the images of reproducers or image files, run each through the drivers, judge."""
+    from . import containment, reproducers
+
+    items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
+    drivers = args.driver or ["kernel", "fuse2fs", "fuse2fs-user"]
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="fuselab-repro-") as tmp:
+        lab = Lab(settings_from(args), Path(tmp))
+        runner = containment.ImageRunner(lab, Path(tmp))
+        for _ in range(args.repeat):
+            for v in runner.run(items, drivers):
+                steps = " ".join(f"{s.name}={s.status}" for s in v.steps)
+                print(f"{v.verdict.upper():9} {v.driver:13} {v.image}  {steps}  server:{v.server}  "
+                      f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s", flush=True)
+                verdicts.append(v)
+    if args.json:
+        Path(args.json).write_text("".join(json.dumps(v.to_json()) + "\n" for v in verdicts))
+    breaches = [v for v in verdicts if v.verdict == "breach"]
+    print(f"{len(verdicts)} verdicts: {len(breaches)} containment breaches, "
+          f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings")
+    return 1 if breaches else 0
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     return shell.run(settings_from(args), args.remote)
 
@@ -128,6 +152,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("command")
     ex.add_argument("--timeout", type=float, default=300)
     add_settings(ex)
+    rp = sub.add_parser("repro", help="run images or syzkaller reproducers through the drivers and judge")
+    rp.add_argument("files", nargs="+", help="images (.gz/.xz/.zst/.bz2 too), .syz programs, C reproducers, dirs")
+    rp.add_argument("--driver", action="append", choices=["kernel", "fuse2fs", "fuse2fs-user"],
+                    help="driver to use (repeatable; default: all)")
+    rp.add_argument("--repeat", type=int, default=1, help="run everything N times (how reliably it fires)")
+    rp.add_argument("--json", help="write the verdicts as JSON lines to this file")
+    rp.add_argument("--size-limit", type=int, default=512, help="largest image to accept, in MiB (default 512)")
+    add_settings(rp)
     sh = sub.add_parser("shell", help="an SSH session in a fresh guest (interactive, or `shell -- CMD`)")
     sh.add_argument("remote", nargs=argparse.REMAINDER, help="a command to run over SSH instead of a login")
     add_settings(sh)
@@ -139,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.subcommand != "run":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
-                "exec": cmd_exec, "shell": cmd_shell}
+                "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro}
     try:
         if args.subcommand == "run":
             return cmd_run(args, extra)

@@ -1,0 +1,142 @@
+"""Hostile images through each driver in a guest: mount, walk, modify, unmount, fsck, and the
+containment verdict (a FUSE driver may fail any way it likes, but never hurt the kernel)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .drivers import DRIVERS, Driver
+from .errors import GuestError
+from .guest import Guest, create_overlay
+from .lab import Lab
+from .machine import Runstate
+from .reproducers import Extracted
+from .verdict import check
+
+MNT = "/mnt/hostile"
+WALK = (f"find {MNT} -xdev -print0 | head -z -n 5000 | xargs -0 -r stat >/dev/null; "
+        f"find {MNT} -xdev -type f -print0 | head -z -n 2000 | xargs -0 -r -n 64 cat >/dev/null; "
+        f"find {MNT} -xdev -type l -print0 | head -z -n 2000 | xargs -0 -r -n 64 readlink >/dev/null; "
+        f"getfattr -R -d -m - {MNT} >/dev/null")
+MODIFY = (f"cd {MNT} && echo x > .fl-new && mv .fl-new .fl-renamed && "
+          "dd if=/dev/zero of=.fl-big bs=64k count=16 status=none && sync .fl-big && "
+          "rm -f .fl-renamed .fl-big && sync")
+MAX_DISKS = 20  # hot-plugged disks per guest before it is replaced
+DEADLINES = {"mount": 60, "walk": 120, "modify": 60, "unmount": 60, "fsck": 120}
+
+
+@dataclass
+class Step:
+    name: str
+    status: int  # exit status; -1 when the step timed out or the guest went away
+    said: str  # the end of its stderr
+    seconds: float
+
+
+@dataclass
+class Verdict:
+    image: str
+    driver: str
+    verdict: str  # contained | breach (FUSE) ; clean | finding (kernel) ; skipped
+    steps: list[Step] = field(default_factory=list)
+    splats: list[str] = field(default_factory=list)
+    server: str = "-"  # the FUSE server's fate
+    guest: str = "answers"
+    stuck_mount: bool = False  # the mount could only be detached lazily
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def step(guest: Guest, driver: Driver, name: str, command: str, as_user: bool = True) -> Step:
+    start = time.monotonic()
+    try:
+        r = guest.run(driver.wrap(command) if as_user else command, timeout=DEADLINES[name], check=False)
+        status = -1 if r.timed_out else r.exit_status
+        return Step(name, status, r.stderr.strip()[-300:], round(time.monotonic() - start, 2))
+    except GuestError as exc:
+        return Step(name, -1, str(exc)[:300], round(time.monotonic() - start, 2))
+
+
+def server_alive(guest: Guest) -> bool:
+    return guest.run("pgrep -x fuse2fs", check=False).exit_status == 0
+
+
+def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdict) -> None:
+    fuse = driver.fstype.startswith("fuse")
+    guest.run(f"mkdir -p {MNT}" + (f" && chown {driver.user}: {MNT}" if driver.user else ""))
+    mount = driver.mount_command(device, MNT)
+    if options and not fuse:
+        mount = mount.replace("mount -t ext4", f"mount -t ext4 -o {options}")
+    v.steps.append(step(guest, driver, "mount", mount))
+    if v.steps[-1].status != 0:
+        return
+    for name, command in (("walk", WALK), ("modify", MODIFY)):
+        v.steps.append(step(guest, driver, name, command))
+        if fuse and v.server == "-" and not server_alive(guest):
+            v.server = f"died during {name}"
+    unmount = step(guest, driver, "unmount", driver.unmount_command(MNT), as_user=bool(driver.user))
+    if unmount.status != 0:
+        v.stuck_mount = True
+        guest.run(f"umount -l {MNT}", check=False, timeout=30)
+    v.steps.append(unmount)
+    v.steps.append(step(guest, driver, "fsck", f"e2fsck -fn {device}", as_user=False))
+
+
+def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Driver) -> Verdict:
+    """Run one image through one driver on a fresh disk of `guest` and say what happened."""
+    start, since = time.monotonic(), guest.console_offset()
+    v = Verdict(name, driver.name, "skipped")
+    if extracted.fstype and not extracted.fstype.startswith("ext"):
+        v.steps.append(Step("mount", -1, f"not an ext2/3/4 image ({extracted.fstype})", 0.0))
+        return v
+    disk = guest.attach_disk(image, fmt="qcow2")
+    run_steps(guest, driver, disk.path, extracted.mount_options, v)
+    health = check(guest, since)
+    v.splats, v.seconds = health.titles(), round(time.monotonic() - start, 2)
+    v.guest = "lost" if health.lost else "answers"
+    if driver.fstype.startswith("fuse"):
+        v.verdict = "breach" if (health.damaged or v.stuck_mount) else "contained"
+    else:
+        v.verdict = "finding" if health.damaged else "clean"
+    return v
+
+
+class ImageRunner:
+    """Many images through one guest at a time; a damaged guest is replaced before the next."""
+
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.lab, self.workdir = lab, workdir
+        self.guest: Guest | None = None
+        self.count = 0
+
+    def _fresh_guest(self) -> Guest:
+        """The current guest, or a new one after damage (or when its PCI slots run low)."""
+        if self.guest is None or self.guest.state is not Runstate.READY or len(self.guest.disks) >= MAX_DISKS:
+            if self.guest is not None:
+                self.guest.shutdown()
+            self.guest = self.lab.guest()
+        return self.guest
+
+    def run(self, items: list[Extracted], drivers: list[str],
+            said: Callable[[Verdict], None] | None = None) -> Iterator[Verdict]:
+        try:
+            for item in items:
+                raw = self.workdir / f"image{self.count}.raw"
+                raw.write_bytes(item.image)  # bytes only: the host never parses or mounts it
+                name = f"{item.source.name}#{item.index}"
+                for driver in drivers:
+                    self.count += 1
+                    overlay = self.workdir / f"disk{self.count}.qcow2"
+                    create_overlay(overlay, raw, fmt="raw")
+                    verdict = judge(self._fresh_guest(), overlay, name, item, DRIVERS[driver])
+                    if said:
+                        said(verdict)
+                    yield verdict
+        finally:
+            if self.guest is not None:
+                self.guest.shutdown()
