@@ -191,18 +191,32 @@ def _rol(x: int, s: int) -> int:
     return ((x << s) | (x >> (32 - s))) & 0xFFFFFFFF
 
 
+def _md4_f(x: int, y: int, z: int) -> int:
+    return z ^ (x & (y ^ z))
+
+
+def _md4_g(x: int, y: int, z: int) -> int:
+    return (x & y) + ((x ^ y) & z)
+
+
+def _md4_h(x: int, y: int, z: int) -> int:
+    return x ^ y ^ z
+
+
+_MD4_ROUNDS = (
+    (_md4_f, 0, (0, 1, 2, 3, 4, 5, 6, 7), (3, 7, 11, 19)),
+    (_md4_g, 0x5A827999, (1, 3, 5, 7, 0, 2, 4, 6), (3, 5, 9, 13)),
+    (_md4_h, 0x6ED9EBA1, (3, 7, 2, 6, 1, 5, 0, 4), (3, 9, 11, 15)),
+)
+
+
 def _half_md4(buf: list[int], words: list[int]) -> None:
     a, b, c, d = buf
-    rounds = (
-        (lambda x, y, z: z ^ (x & (y ^ z)), 0, (0, 1, 2, 3, 4, 5, 6, 7), (3, 7, 11, 19)),
-        (lambda x, y, z: (x & y) + ((x ^ y) & z), 0x5A827999, (1, 3, 5, 7, 0, 2, 4, 6), (3, 5, 9, 13)),
-        (lambda x, y, z: x ^ y ^ z, 0x6ED9EBA1, (3, 7, 2, 6, 1, 5, 0, 4), (3, 9, 11, 15)),
-    )
-    for func, const, order, shifts in rounds:
+    for func, const, order, shifts in _MD4_ROUNDS:
         for step, index in enumerate(order):
             a = _rol((a + func(b, c, d) + words[index] + const) & 0xFFFFFFFF, shifts[step % 4])
             a, b, c, d = d, a, b, c
-    buf[:] = [(x + y) & 0xFFFFFFFF for x, y in zip(buf, (a, b, c, d))]
+    buf[:] = [(x + y) & 0xFFFFFFFF for x, y in zip(buf, (a, b, c, d), strict=True)]
 
 
 def _tea(buf: list[int], words: list[int]) -> None:
@@ -378,6 +392,13 @@ class Inode:
     def is_type(self, kind: int) -> bool:
         return self.mode & S_IFMT == kind
 
+    @property
+    def has_blocks(self) -> bool:
+        """Whether i_block maps data blocks (not a fast symlink, a device number, or inline data)."""
+        if self.flags & INLINE_DATA_FL or not any(self.is_type(k) for k in (S_IFREG, S_IFDIR, S_IFLNK)):
+            return False
+        return not (self.is_type(S_IFLNK) and not self.flags & EXTENTS_FL and self.size < 60)
+
 
 @dataclass(frozen=True)
 class ExtentNode:
@@ -552,7 +573,7 @@ class Layout:
 
     def file_blocks(self, inode: Inode) -> list[tuple[int, int]]:
         """(logical, physical) pairs of the inode's data blocks, in logical order."""
-        if inode.flags & INLINE_DATA_FL:
+        if not inode.has_blocks:
             return []
         pairs: list[tuple[int, int]] = []
         if inode.flags & EXTENTS_FL:
