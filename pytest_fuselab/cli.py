@@ -18,7 +18,7 @@ SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
-        if opt.name != "suppress":
+        if opt.name not in ("suppress", "corpus"):
             parser.add_argument(opt.flag.replace("fuselab-", ""), dest=opt.name, metavar=opt.metavar,
                                 help=f"{opt.help} (env {opt.env})")
 
@@ -125,6 +125,17 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return 1 if breaches else 0
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from . import corpus
+
+    directory = Path(args.directory)
+    entries = corpus.generate(args.seed, args.count, directory,
+                              lambda done, total, name: print(f"[{done}/{total}] {name}", flush=True))
+    kinds = sorted({m["kind"] for e in entries for m in e["mutations"]})
+    print(f"{len(entries)} images in {directory} (manifest {directory / corpus.MANIFEST}); mutations: {', '.join(kinds)}")
+    return 0
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     return shell.run(settings_from(args), args.remote)
 
@@ -152,6 +163,11 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("command")
     ex.add_argument("--timeout", type=float, default=300)
     add_settings(ex)
+    cp = sub.add_parser("corpus", help="generate a deterministic corpus of hostile ext4 images")
+    cp.add_argument("action", choices=["generate"])
+    cp.add_argument("directory")
+    cp.add_argument("--seed", type=int, default=1)
+    cp.add_argument("--count", type=int, default=40)
     rp = sub.add_parser("repro", help="run images or syzkaller reproducers through the drivers and judge")
     rp.add_argument("files", nargs="+", help="images (.gz/.xz/.zst/.bz2 too), .syz programs, C reproducers, dirs")
     rp.add_argument("--driver", action="append", choices=["kernel", "fuse2fs", "fuse2fs-user"],
@@ -171,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.subcommand != "run":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
-                "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro}
+                "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro, "corpus": cmd_corpus}
     try:
         if args.subcommand == "run":
             return cmd_run(args, extra)

@@ -86,6 +86,8 @@ OPTIONS = [
            _seconds, "SECONDS"),
     Option("command_timeout", "default seconds for one guest command", "120", _seconds, "SECONDS"),
     Option("suppress", "regexes (one per line) of kernel splat titles to ignore", "", _lines, "REGEX"),
+    Option("corpus", "directory of hostile images for scenarios/hostile_images (default: a small generated one)",
+           "", str, "DIR"),
 ]
 
 
@@ -101,6 +103,7 @@ class Settings:
     watchdog: float = 30.0
     command_timeout: float = 120.0
     suppress: tuple[str, ...] = ()
+    corpus: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:

@@ -1,0 +1,65 @@
+"""Hostile images, one test per image × driver: the containment verdict.
+
+A FUSE driver may fail any way it likes but must not cost the kernel anything: a kernel splat,
+a hung task, a lost guest or a mount that cannot be removed fails the test with the evidence.
+For kernel ext4 a splat is a finding (the point is the comparison): reported as an expected
+failure with its title.  Images come from `--fuselab-corpus DIR` (raw images, compressed
+images, syzkaller programs, C reproducers), by default a small generated corpus.  The host
+never mounts or checks them: they are only parsed inside the guest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_fuselab import corpus, reproducers
+from pytest_fuselab.cache import cache_dir, file_lock
+from pytest_fuselab.containment import judge
+from pytest_fuselab.drivers import DRIVERS
+from pytest_fuselab.guest import create_overlay
+from pytest_fuselab.keys import SETTINGS_KEY
+
+DEFAULT_SEED, DEFAULT_COUNT = 1, 6
+
+
+def corpus_dir(config: pytest.Config) -> Path:
+    chosen = config.stash[SETTINGS_KEY].corpus
+    if chosen:
+        return Path(chosen)
+    directory = cache_dir() / "corpus" / f"seed{DEFAULT_SEED}-count{DEFAULT_COUNT}"
+    with file_lock(directory.with_suffix(".lock"), "the default hostile corpus"):
+        if not (directory / corpus.MANIFEST).exists():
+            corpus.generate(DEFAULT_SEED, DEFAULT_COUNT, directory)
+    return directory
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hostile" not in metafunc.fixturenames:
+        return
+    directory = corpus_dir(metafunc.config)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != corpus.MANIFEST
+                   and not p.name.startswith("."))
+    items = reproducers.extract_all(files)
+    params = [pytest.param(item, name, id=f"{item.source.name}#{item.index}-{name}",
+                           marks=[pytest.mark.fuselab_splat_ok] if name == "kernel" else [])
+              for item in items for name in DRIVERS]
+    metafunc.parametrize("hostile,driver", params)
+
+
+def test_hostile_image(fuselab_guest, hostile, driver, tmp_path, record_property):
+    raw = tmp_path / "image.raw"
+    raw.write_bytes(hostile.image)
+    overlay = tmp_path / "image.qcow2"
+    create_overlay(overlay, raw, fmt="raw")
+    v = judge(fuselab_guest, overlay, f"{hostile.source.name}#{hostile.index}", hostile, DRIVERS[driver])
+    record_property("verdict", v.verdict)
+    record_property("steps", " ".join(f"{s.name}={s.status}" for s in v.steps))
+    if v.verdict == "skipped":
+        pytest.skip(v.steps[0].said)
+    if v.verdict == "finding":
+        pytest.xfail(f"kernel ext4 finding: {'; '.join(v.splats)}")
+    assert v.verdict in ("contained", "clean"), (
+        f"containment breach with {driver}: {'; '.join(v.splats) or 'mount could not be removed'}; "
+        f"steps: {v.steps}; server: {v.server}")
