@@ -103,7 +103,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     """Extract the images of reproducers or image files, run each through the drivers, judge."""
-    from . import containment, reproducers
+    from . import containment, matrix, reproducers
 
     items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
     drivers = args.driver or ["kernel", "fuse2fs", "fuse2fs-user"]
@@ -119,6 +119,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
                 verdicts.append(v)
     if args.json:
         Path(args.json).write_text("".join(json.dumps(v.to_json()) + "\n" for v in verdicts))
+    if args.html:
+        Path(args.html).write_text(matrix.page(verdicts))
+        print(f"fuselab: matrix page in {args.html}")
+    print("\n".join(matrix.terminal(verdicts)))
     breaches = [v for v in verdicts if v.verdict == "breach"]
     print(f"{len(verdicts)} verdicts: {len(breaches)} containment breaches, "
           f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings")
@@ -174,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
                     help="driver to use (repeatable; default: all)")
     rp.add_argument("--repeat", type=int, default=1, help="run everything N times (how reliably it fires)")
     rp.add_argument("--json", help="write the verdicts as JSON lines to this file")
+    rp.add_argument("--html", help="write the images x drivers matrix as a self-contained HTML page")
     rp.add_argument("--size-limit", type=int, default=512, help="largest image to accept, in MiB (default 512)")
     add_settings(rp)
     sh = sub.add_parser("shell", help="an SSH session in a fresh guest (interactive, or `shell -- CMD`)")

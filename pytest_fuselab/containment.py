@@ -46,6 +46,7 @@ class Verdict:
     server: str = "-"  # the FUSE server's fate
     guest: str = "answers"
     stuck_mount: bool = False  # the mount could only be detached lazily
+    evidence: str = ""  # splat excerpts and what else the lab saw, for reports
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
@@ -98,6 +99,7 @@ def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Dr
     run_steps(guest, driver, disk.path, extracted.mount_options, v)
     health = check(guest, since)
     v.splats, v.seconds = health.titles(), round(time.monotonic() - start, 2)
+    v.evidence = health.explain()
     v.guest = "lost" if health.lost else "answers"
     if driver.fstype.startswith("fuse"):
         v.verdict = "breach" if (health.damaged or v.stuck_mount) else "contained"

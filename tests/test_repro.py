@@ -20,7 +20,8 @@ def test_repro_judges_each_image_and_driver(tmp_path):
     good = tmp_path / "good.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext4", str(good), "8M"], check=True)
     out = fuselab("repro", str(DATA / "syz_mount_image_ext4_40.syz"), str(good),
-                  "--driver", "kernel", "--driver", "fuse2fs", "--json", str(tmp_path / "v.jsonl"))
+                  "--driver", "kernel", "--driver", "fuse2fs", "--json", str(tmp_path / "v.jsonl"),
+                  "--html", str(tmp_path / "m.html"))
     assert out.returncode == 0, out.stdout + out.stderr
     verdicts = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
     assert [(v["image"], v["driver"]) for v in verdicts] == [
@@ -33,6 +34,8 @@ def test_repro_judges_each_image_and_driver(tmp_path):
         ("mount", 0), ("walk", 0), ("modify", 0), ("unmount", 0), ("fsck", 0)]
     assert by[("good.img#0", "kernel")]["verdict"] == "clean"
     assert "4 verdicts: 0 containment breaches" in out.stdout
+    assert out.stdout.splitlines()[-3].split() == ["image", "kernel", "fuse2fs"]
+    assert "good.img#0" in (tmp_path / "m.html").read_text()
 
 
 def test_repro_names_a_malformed_reproducer(tmp_path):
