@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     argv = [str(p) for p in (args.paths or [SCENARIOS_DIR])]
-    argv += [f"--junitxml={results / 'junit.xml'}", "-o", "junit_family=xunit2", "-rfEs", "-p", "no:cacheprovider"]
+    argv += [f"--junitxml={results / 'junit.xml'}", "-o", "junit_family=legacy", "-rfEs", "-p", "no:cacheprovider"]
     argv += [f"--fuselab-{name.replace('_', '-')}={value}" for name, value in vars(args).items()
              if value is not None and name in {o.name for o in OPTIONS}]
     status = pytest.main(argv + extra)
