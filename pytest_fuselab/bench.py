@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +61,8 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
             f"--basetemp={workdir / 'pytest'}", "-o", "console_output_style=classic"]
     if settings.kernel:
         argv.append(f"--fuselab-kernel={settings.kernel}")
-    status = pytest.main([a for a in argv if a], plugins=[durations])
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures (--json)
+        status = pytest.main([a for a in argv if a], plugins=[durations])
     if status != 0 or durations.failed:
         raise RuntimeError(f"benchmark tests failed (pytest status {status}): {durations.failed}")
     values = list(durations.per_test.values())
@@ -76,7 +79,7 @@ def images_per_min(lab: Lab, workdir: Path, count: int) -> float:
     items = []
     for i in range(count):
         image = workdir / f"bench{i}.img"
-        subprocess.run(["mke2fs", "-q", "-t", "ext4", str(image), "16M"], check=True)
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", str(image), "16M"], check=True, capture_output=True)
         items += extract(image)
     start = time.monotonic()
     list(ImageRunner(lab, workdir).run(items, ["kernel", "fuse2fs", "fuse2fs-user"]))
