@@ -70,9 +70,8 @@ def server_alive(guest: Guest) -> bool:
 def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdict) -> None:
     fuse = driver.fstype.startswith("fuse")
     guest.run(f"mkdir -p {MNT}" + (f" && chown {driver.user}: {MNT}" if driver.user else ""))
-    mount = driver.mount_command(device, MNT)
-    if options and not fuse:
-        mount = mount.replace("mount -t ext4", f"mount -t ext4 -o {options}")
+    # syzbot's options are kernel mount options: fuse2fs gets none of them
+    mount = driver.mount_command(device, MNT, "" if fuse else options)
     v.steps.append(step(guest, driver, "mount", mount))
     if v.steps[-1].status != 0:
         return

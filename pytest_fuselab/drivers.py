@@ -26,10 +26,11 @@ class Driver:
             return command
         return f"runuser -u {self.user} -- sh -c {shlex.quote(command)}"
 
-    def mount_command(self, device: str, mountpoint: str) -> str:
+    def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
         if self.fstype == "ext4":
-            return f"mount -t ext4 {device} {mountpoint}"
-        return f"fuse2fs {device} {mountpoint}" + (" -o fakeroot" if self.user else "")
+            return f"mount -t ext4{f' -o {options}' if options else ''} {device} {mountpoint}"
+        return (f"fuse2fs {device} {mountpoint}" + (" -o fakeroot" if self.user else "")
+                + (f" -o {options}" if options else ""))
 
     def unmount_command(self, mountpoint: str) -> str:
         return f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
@@ -64,3 +65,12 @@ DRIVERS = {
 def mounted(guest: Guest, mountpoint: str) -> str:
     """The filesystem type mounted at `mountpoint` in the guest, or "" when nothing is."""
     return guest.run(f"findmnt -n -o FSTYPE --mountpoint {mountpoint}", check=False).stdout.strip()
+
+
+def abort_connection(guest: Guest, mountpoint: str) -> None:
+    """Abort the FUSE connection behind `mountpoint` through /sys/fs/fuse/connections/N/abort."""
+    major, minor = guest.run(f"findmnt -n -o MAJ:MIN --mountpoint {mountpoint}").stdout.strip().split(":")
+    if major != "0":  # a FUSE mount sits on an anonymous device, named by its minor
+        raise CommandFailed(Result(f"findmnt {mountpoint}", 1, f"{major}:{minor}",
+                                   "not a FUSE mount: its device is not anonymous", 0.0))
+    guest.run(f"echo 1 > /sys/fs/fuse/connections/{minor}/abort")

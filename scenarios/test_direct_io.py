@@ -69,7 +69,7 @@ def test_fuse2fs_direct_io_option(fuselab_guest, fuselab_disk, driver, record_pr
     disk = fuselab_disk("64M")
     guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
     guest.run(f"mkdir -p {MNT} && chown {USER}: {MNT}")
-    result = guest.run(d.wrap(d.mount_command(disk.path, MNT) + " -o direct_io"), check=False)
+    result = guest.run(d.wrap(d.mount_command(disk.path, MNT, "direct_io")), check=False)
     record_property("direct_io_option", f"status {result.exit_status}: {result.stderr.strip()[-200:]}")
     if not result.ok:
         assert "unknown option" in result.stderr.lower(), result  # refused cleanly, not a crash

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pytest_fuselab
-from pytest_fuselab.drivers import mounted
+from pytest_fuselab.drivers import abort_connection, mounted
 
 MNT, STATE, SERVER = "/mnt/stall", "/run/stallfs", "/usr/local/bin/stallfs"
 STALLFS = Path(pytest_fuselab.__file__).with_name("stallfs.py")
@@ -97,8 +97,7 @@ def test_abort_while_a_read_is_stalled(fuselab_guest, stallfs):
     guest.run(f"echo data > {MNT}/f")
     reader = in_background(guest, f"cat {MNT}/f", "reader")
     wait_for(guest, f"{STATE}/reached-read-1")
-    minor = guest.run(f"findmnt -n -o MAJ:MIN --mountpoint {MNT}").stdout.strip().split(":")[1]
-    guest.run(f"echo 1 > /sys/fs/fuse/connections/{minor}/abort")
+    abort_connection(guest, MNT)
     out = exit_status(guest, reader, "reader")
     assert "not connected" in out or "connection abort" in out, out
     guest.run(f"touch {STATE}/release-read-1")

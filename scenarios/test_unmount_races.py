@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, USER, mounted
+from pytest_fuselab.drivers import DRIVERS, USER, abort_connection, mounted
 
 MNT = "/mnt/race"
 FUSE_DRIVERS = ["fuse2fs", "fuse2fs-user"]
@@ -91,9 +91,7 @@ def test_abort_through_fusectl(fuselab_guest, fuselab_disk, driver):
     disk = fresh_fs(guest, fuselab_disk)
     d.mount(guest, disk.path, MNT)
     guest.run(d.wrap(f"echo before > {MNT}/f"))
-    major, minor = guest.run(f"findmnt -n -o MAJ:MIN --mountpoint {MNT}").stdout.strip().split(":")
-    assert major == "0"  # an anonymous device: the connection is named by its minor
-    guest.run(f"echo 1 > /sys/fs/fuse/connections/{minor}/abort")
+    abort_connection(guest, MNT)
     cat = guest.run(d.wrap(f"cat {MNT}/f"), check=False)
     assert cat.exit_status != 0 and ("not connected" in cat.stderr or "aborted" in cat.stderr), cat
     guest.run(f"umount {MNT}")  # root may always remove an aborted mount
