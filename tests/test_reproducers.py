@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pytest_fuselab.errors import ImageError
-from pytest_fuselab.reproducers import Extracted, _c_unescape, detect_fstype, extract, extract_all
+from pytest_fuselab.reproducers import Extracted, detect_fstype, extract, extract_all
+from pytest_fuselab.reproducers.creader import c_unescape as _c_unescape
 
 REPRO = Path(__file__).parent / "data" / "repro"
 OPTS = "{[{@errors_continue}, {@noblock_validity}, {@resuid={'resuid', 0x3d, 0xee00}}]}"

@@ -1,0 +1,90 @@
+"""What syzkaller's executor does to an image and its mount options before it calls mount(2)."""
+
+from __future__ import annotations
+
+import zlib
+
+from ..errors import ImageError
+from .extracted import over_limit
+
+
+MS_RDONLY = 0x1
+OLD_IMAGE_MAX_SIZE = 129 << 20  # what syzkaller's executor clamped segment images to
+OLD_MAX_SEGMENTS = 4096
+EXECUTOR_OPTS_MAX = 224  # the executor copies at most sizeof(opts) - 32 bytes of options
+
+
+def inflate(raw: bytes, limit: int, where: str) -> bytes:
+    """Decompress a syzkaller image (a zlib stream), refusing more than `limit` bytes of output."""
+    inflater = zlib.decompressobj()
+    try:
+        image = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ImageError(f"{where}: the image is not a valid zlib stream ({exc}); the reproducer is damaged, "
+                         "get it again") from exc
+    if len(image) > limit:
+        over_limit(where, None, limit)
+    if not inflater.eof:
+        raise ImageError(f"{where}: the image's zlib stream is truncated: its {len(raw)} compressed bytes end "
+                         f"after {len(image)} bytes of image; the reproducer was cut short, get the complete one")
+    return image
+
+
+def assemble(size: int, segments: list[tuple[int, bytes]], limit: int, where: str, notes: list[str]) -> bytes:
+    """An image of the old format: `size` zero bytes with each (offset, data) segment written over them."""
+    if size > OLD_IMAGE_MAX_SIZE:
+        notes.append(f"declared image size {size:#x} cut to {OLD_IMAGE_MAX_SIZE:#x}, as syzkaller's executor did")
+        size = OLD_IMAGE_MAX_SIZE
+    end = max((offset + len(data) for offset, data in segments), default=0)
+    if end > size:
+        notes.append(f"segments reach {end:#x}, past the declared image size {size:#x}; image made {end:#x} bytes")
+        size = end
+    if size > limit:
+        over_limit(where, size, limit)
+    image = bytearray(size)
+    for offset, data in segments:
+        image[offset:offset + len(data)] = data
+    return bytes(image)
+
+
+def clamp_segment(offset: int, size: int, notes: list[str]) -> tuple[int, int]:
+    """An old-format segment's offset and size as syzkaller's executor bounded them."""
+    new_size = min(size, OLD_IMAGE_MAX_SIZE)
+    new_offset = min(offset % OLD_IMAGE_MAX_SIZE, OLD_IMAGE_MAX_SIZE - new_size)
+    if (new_offset, new_size) != (offset, size):
+        notes.append(f"segment of {size:#x} bytes at {offset:#x} bounded to {new_size:#x} bytes at "
+                     f"{new_offset:#x}, as syzkaller's executor did")
+    return new_offset, new_size
+
+
+def effective_options(raw: bytes, fstype: str, flags: int, notes: list[str]) -> tuple[str, int]:
+    """The options string and flags mount(2) gets from syzkaller's executor, as `mount -o` takes them."""
+    raw = raw.split(b"\0", 1)[0]
+    if len(raw) > EXECUTOR_OPTS_MAX:
+        notes.append(f"mount options cut to {EXECUTOR_OPTS_MAX} bytes, as syzkaller's executor does")
+        raw = raw[:EXECUTOR_OPTS_MAX]
+    text = raw.decode("latin-1")
+    if any(not 0x20 <= byte < 0x7F for byte in raw):
+        notes.append(f"mount options hold non-printable bytes: {raw!r}")
+    items = [item for item in text.split(",") if item]
+    added = ""
+    if fstype == "iso9660" and not flags & MS_RDONLY:
+        flags |= MS_RDONLY
+        notes.append("MS_RDONLY added to the mount flags, as syzkaller's executor does for iso9660")
+    elif fstype.startswith("ext"):
+        if "errors=panic" in text or "errors=remount-ro" not in items:
+            last = [item for item in items if item.startswith("errors=")][-1:]
+            added = "" if last == ["errors=continue"] else "errors=continue"
+    elif fstype == "xfs":
+        added = "nouuid"
+    elif fstype.startswith("gfs2") and ("errors=panic" in text or "debug" in text):
+        added = "errors=withdraw"
+    if added:
+        items.append(added)
+        notes.append(f"{added} added to the mount options, as syzkaller's executor does for {fstype}")
+    return ",".join(items), flags
+
+
+def format_int(value: int, style: str) -> str:
+    value &= (1 << 64) - 1
+    return {"hex": f"0x{value:016x}", "dec": f"{value:020d}", "oct": f"{value:023o}"}[style]
