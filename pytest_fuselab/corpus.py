@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import ext4layout as ext4
+from . import ext4
 from . import proc
 from .errors import HostError, ImageError, SettingError
 

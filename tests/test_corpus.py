@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_fuselab import corpus
-from pytest_fuselab import ext4layout as ext4
+from pytest_fuselab import ext4
 from pytest_fuselab.errors import FuselabError, HostError, ImageError, SettingError
 
 
