@@ -19,9 +19,10 @@ from .cache import cache_dir, file_lock, require_space
 from .errors import BootError, GuestError
 from .guest import Guest
 from .qemu import MachineSpec, kernel_cmdline, qemu_version
+from .sparse import file_sha256
 
 Progress = Callable[[str], None]
-FORMAT = 1
+FORMAT = 2  # bump when settle() changes what a snapshot holds
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,10 @@ class Snapshot:
         return None
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
     data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items()},
             "cmdline": kernel_cmdline(spec.cmdline), "qemu": qemu_version(spec.qemu),
-            "kernel": file_digest(spec.kernel), "initrd": file_digest(spec.initrd), "base": str(base),
+            "kernel": file_sha256(spec.kernel), "initrd": file_sha256(spec.initrd), "base": str(base),
             "base_mtime": base.stat().st_mtime_ns}
     key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     return Snapshot(cache_dir() / "snapshots" / key)
@@ -74,6 +67,8 @@ def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
 def settle(guest: Guest) -> None:
     """Let boot finish so every restore starts from the same quiet state."""
     guest.run("systemctl is-system-running --wait || true", timeout=120, check=False)
+    # page in what every sandboxed FUSE server start needs (systemd's executor, python, fuse2fs)
+    guest.run("python3 /usr/local/lib/fuselab/fuseserver.py warm; fuse2fs -V", timeout=120, check=False)
     guest.run("sync", timeout=60)
 
 

@@ -169,7 +169,7 @@ def test_bad_seed_is_a_setting_error(tmp_path: Path) -> None:
 
 def test_missing_mke2fs_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(corpus, "SBIN_DIRS", ())
+    monkeypatch.setattr(corpus.tools, "SBIN_DIRS", ())
     with pytest.raises(HostError, match=r"mke2fs was not found .*install e2fsprogs"):
         corpus.generate(1, 2, tmp_path / "out")
     assert issubclass(HostError, FuselabError)

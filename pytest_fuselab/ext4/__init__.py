@@ -24,5 +24,6 @@ __all__ = [
     "FieldTable", "get", "put",
     "crc16", "crc32c", "dx_hash",
     "Layout",
-    "DirEntry", "DxNode", "DxTree", "ExtentNode", "Group", "Inode", "Journal", "Superblock", "XattrEntry", "XattrRegion",
+    "DirEntry", "DxNode", "DxTree", "ExtentNode", "Group", "Inode", "Journal", "Superblock", "XattrEntry",
+    "XattrRegion",
 ]

@@ -9,6 +9,7 @@ from .fields import (EXTENT_HEADER_FIELDS, GD_FIELDS, GOOD_OLD_INODE_SIZE, INODE
 from .hashes import crc16, crc32c
 from .records import Inode, Superblock
 
+
 class Checksums:
     """The checksum fixers of a Layout: each returns the structure with its checksum recomputed (unchanged
     without one)."""

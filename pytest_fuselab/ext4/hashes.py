@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ImageError
 
+
 def _crc_table(poly: int) -> tuple[int, ...]:
     table = []
     for n in range(256):
@@ -18,20 +19,20 @@ _CRC32C_TABLE = _crc_table(0x82F63B78)
 _CRC16_TABLE = _crc_table(0xA001)
 
 
-def crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
-    """CRC32C (Castagnoli) as ext4 and jbd2 use it: seeded register, no final inversion."""
-    table = _CRC32C_TABLE
+def _reflected_crc(table: tuple[int, ...], data: bytes, crc: int) -> int:
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
+
+
+def crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC32C (Castagnoli) as ext4 and jbd2 use it: seeded register, no final inversion."""
+    return _reflected_crc(_CRC32C_TABLE, data, crc)
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     """CRC16 (ANSI, reflected) as ext4's uninit_bg group descriptor checksum uses it."""
-    table = _CRC16_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
+    return _reflected_crc(_CRC16_TABLE, data, crc)
 
 
 def _str2hashbuf(msg: bytes, num: int, signed: bool) -> list[int]:

@@ -14,6 +14,7 @@ from .fields import (EXT4_MAGIC, EXTENT_MAGIC, EXTENTS_FL, GOOD_OLD_INODE_SIZE, 
 from .records import (DirEntry, DxNode, DxTree, ExtentNode, Group, Inode, Journal, Superblock, XattrRegion,
                       parse_dirents, parse_xattrs)
 
+
 class Layout(Checksums):
     """The layout of one ext4 image made by us: offsets of its structures, and their checksums."""
 

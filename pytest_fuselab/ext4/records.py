@@ -10,6 +10,7 @@ from .fields import (EXTENTS_FL, FEATURE_FIELDS, FEATURES, GD_FIELDS, GOOD_OLD_I
                      SB_FIELDS, get)
 from .hashes import crc32c
 
+
 @dataclass(frozen=True)
 class Superblock:
     """The primary superblock, as raw bytes with typed accessors."""
@@ -156,7 +157,8 @@ class ExtentNode:
     depth: int
     entries: int
     max: int
-    items: tuple[tuple[int, int, int, int], ...]  # leaf: (logical, length, start, offset); index: (logical, 0, child, offset)
+    # leaf: (logical, length, start, offset); index: (logical, 0, child, offset)
+    items: tuple[tuple[int, int, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,6 @@ class Journal:
     @property
     def csum_v2v3(self) -> bool:
         return bool(self["s_feature_incompat"] & (JBD2_INCOMPAT_CSUM_V2 | JBD2_INCOMPAT_CSUM_V3))
-
 
 
 def parse_dirents(raw: bytes, base: int, start: int, block: int) -> list[DirEntry]:

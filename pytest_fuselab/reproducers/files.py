@@ -103,7 +103,6 @@ def from_raw(path: Path, data: bytes, limit: int) -> Found:
     return Found(fstype, data, notes=notes, from_program=False)
 
 
-
 def as_text(data: bytes) -> str | None:
     if b"\0" in data[:SNIFF]:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def _le(data: bytes, offset: int, size: int) -> int:
     if len(data) < offset + size:
         return -1

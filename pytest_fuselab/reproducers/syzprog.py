@@ -79,7 +79,6 @@ def _syz_call(args: list[Value], call_fs: str, where: str, limit: int) -> Found 
     return Found(fstype, image, raw_options, flags, notes)
 
 
-
 def _syz_string(value: Value) -> str:
     if isinstance(value, Ptr) and isinstance(value.target, Data):
         return value.target.data.split(b"\0", 1)[0].decode("latin-1")
@@ -98,7 +97,8 @@ def _syz_segments(value: Value, where: str, limit: int, notes: list[str]) -> lis
         fields = list(item.items) + [Int(0)] * (3 - len(item.items))
         pointer = fields[0]
         data = pointer.target.data if isinstance(pointer, Ptr) and isinstance(pointer.target, Data) else b""
-        offset, length = clamp_segment(int_value(fields[2]), int_value(fields[1]) if len(item.items) > 1 else len(data), notes)
+        declared = int_value(fields[1]) if len(item.items) > 1 else len(data)
+        offset, length = clamp_segment(int_value(fields[2]), declared, notes)
         total += length
         if total > limit:
             over_limit(where, None, limit)
