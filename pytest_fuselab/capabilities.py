@@ -336,3 +336,32 @@ def require(where: Any, *features: str) -> Capabilities:
 
         pytest.skip("stack lacks what this test needs: " + "; ".join(reasons))
     return caps
+
+
+def header_lines(settings: Any) -> list[str]:
+    """For the pytest header: the newest cached probe of this recipe and stack (no guest started)."""
+    stack = getattr(settings, "stack", "") or "debian"
+    record = latest_record(settings.image, stack)
+    if record is None:
+        return [f"fuselab: stack {stack}: capabilities not probed yet (probed once per image on first use; "
+                "`fuselab doctor` shows them)"]
+    caps = Capabilities.from_json(record["capabilities"])
+    return [f"fuselab: stack {stack} (image {record.get('image')}, probed {record.get('probed')}):"] + [
+        f"fuselab:   {line}" for line in caps.summary()]
+
+
+def doctor_rows(settings: Any) -> list[tuple[str, str]]:
+    """For `fuselab doctor`: the stack's capabilities, probed in a guest (cached per image)."""
+    import tempfile
+
+    from .lab import Lab, stderr_progress
+
+    stack = getattr(settings, "stack", "") or "debian"
+    try:
+        with tempfile.TemporaryDirectory(prefix="fuselab-doctor-") as tmp:
+            lab = Lab(settings, Path(tmp), stderr_progress)
+            caps = for_lab(lab)
+            where = lab.image.directory.name
+    except FuselabError as exc:
+        return [("stack", f"{stack}: not probed ({exc})")]
+    return [("stack", f"{stack} on image {where}")] + [("", line) for line in caps.summary()]

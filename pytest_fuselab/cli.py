@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import bench, host, image, recipe, shell
+from . import bench, capabilities, host, image, recipe, shell, stack
 from .errors import FuselabError
 from .lab import Lab, stderr_progress
 from .settings import OPTIONS, resolve
@@ -33,6 +33,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     rows = host.doctor_lines(settings_from(args).accel)
+    if not args.no_probe:
+        rows += capabilities.doctor_rows(settings_from(args))
     width = max(len(topic) for topic, _ in rows)
     for topic, finding in rows:
         print(f"{topic.ljust(width)}  {finding}")
@@ -140,6 +142,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    return stack.cli(args, stderr_progress)
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     return shell.run(settings_from(args), args.remote)
 
@@ -148,7 +154,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fuselab", description="A QEMU lab for Linux filesystems and FUSE servers.")
     sub = p.add_subparsers(dest="subcommand", required=True)
     sub.add_parser("setup", help="install the host packages the lab needs (apt, as root)")
-    add_settings(sub.add_parser("doctor", help="report QEMU, acceleration (probed), disk and cache"))
+    doctor = sub.add_parser("doctor", help="report QEMU, acceleration (probed), disk, cache and the stack's capabilities")
+    doctor.add_argument("--no-probe", action="store_true", help="do not start a guest to probe the FUSE stack")
+    add_settings(doctor)
+    stack.add_cli(sub)
     img = sub.add_parser("image", help="build, list or remove guest images")
     img.add_argument("action", choices=["build", "list", "clean"])
     img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
@@ -192,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.subcommand != "run":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
-                "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro, "corpus": cmd_corpus}
+                "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro, "corpus": cmd_corpus,
+                "stack": cmd_stack}
     try:
         if args.subcommand == "run":
             return cmd_run(args, extra)

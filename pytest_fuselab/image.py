@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
+from typing import Protocol
 
 from . import initramfs, proc, versions
 from .cache import cache_dir, file_lock, require_space
@@ -22,6 +23,18 @@ from .errors import HostError, ImageError
 from .recipe import Recipe
 
 Progress = Callable[[str], None]
+
+
+class Layer(Protocol):
+    """Files laid over the guest root after the recipe (stack.Layer: a FUSE stack built from source)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def manifest(self) -> dict[str, object]: ...
+
+    def install(self, root: Path, log: Path) -> None: ...
+
 APT_OPTS = ["-o", "Acquire::Check-Valid-Until=false", "-o", "Debug::NoLocking=1"]
 FORMAT = 1  # bump when the layout of a built image changes
 
@@ -219,7 +232,8 @@ def latest_built(recipe: Recipe) -> Image | None:
     return max(mine, key=lambda img: img.manifest_path.stat().st_mtime, default=None)
 
 
-def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, str] | None = None) -> Image:
+def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, str] | None = None,
+          layer: Layer | None = None) -> Image:
     """Build `recipe` into `target.directory` (built aside, renamed into place when whole)."""
     require_root("building a guest image")
     require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
@@ -237,6 +251,9 @@ def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, 
     prune_modules(recipe, root, version, log)
     step(f"guest files, users and units; kernel {version}")
     customize(recipe, root, log)
+    if layer is not None:
+        step(f"stack layer {layer.directory.name}")
+        layer.install(root, log)
     versions = package_versions(root, log)
     shutil.copyfile(find_vmlinuz(root, version), work / "vmlinuz")
     moddir = root / "usr/lib/modules" / version
@@ -250,6 +267,7 @@ def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, 
     manifest = {"format": FORMAT, "recipe": recipe.name, "recipe_key": recipe_key(recipe),
                 "archive_versions": archive or {},
                 "kernel_version": version, "packages": versions, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "stack": layer.manifest() if layer else None,
                 "build_seconds": round(time.monotonic() - start, 1),
                 "sizes": {f: (work / f).stat().st_size for f in files}}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -263,7 +281,8 @@ def _stepper(progress: Progress, start: float) -> Progress:
     return lambda msg: progress(f"[{time.monotonic() - start:5.0f}s] {msg}")
 
 
-def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False, refresh: bool = False) -> Image:
+def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False, refresh: bool = False,
+           layer: Layer | None = None) -> Image:
     """Return the cached image for `recipe` and the archive's current package versions,
     building it once (under a lock) if needed.  Offline, the newest build of the recipe serves."""
     archive = versions.archive_versions(host_mirror(), recipe.suite, [*recipe.packages, recipe.kernel_package],
@@ -283,7 +302,7 @@ def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False, refresh: b
         elif previous is not None and previous != target:
             changes = versions.describe_changes(versions.kept_for(previous.manifest_path), archive)
             progress(f"the archive moved on since {previous.directory.name} ({changes}): building a new image")
-        return build(recipe, target, progress, archive)
+        return build(recipe, target, progress, archive, layer)
 
 
 def built_images() -> list[Image]:

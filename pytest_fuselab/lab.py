@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
-from . import accel, image, initramfs, recipe, snapshot
+from . import accel, image, initramfs, recipe, snapshot, stack
 from .cache import cache_dir
 from .guest import Guest
 from .qemu import MachineSpec, find_qemu
@@ -37,7 +37,8 @@ class Lab:
     @functools.cached_property
     def image(self) -> image.Image:
         find_qemu()
-        return image.ensure(self.recipe, self.progress)
+        base, layer = stack.image_inputs(self.recipe, self.settings.stack, self.progress)
+        return image.ensure(base, self.progress, layer=layer)
 
     @property
     def kernel(self) -> Path:
@@ -76,6 +77,7 @@ class Lab:
         guest = Guest(self.spec, rundir or self.rundir(), ssh_port)
         try:
             guest.restore(snap.root, snap.state)
+            stack.configure_from(guest, self.settings)
         except BaseException:
             guest.shutdown()
             raise

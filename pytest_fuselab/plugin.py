@@ -60,7 +60,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     changed = [f"{k} from {v}" for k, v in settings.sources.items() if v != "default"]
     if changed:
         lines.append("fuselab: set by " + ", ".join(changed))
-    return lines
+    from .capabilities import header_lines
+    return lines + header_lines(settings)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

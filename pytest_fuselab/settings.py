@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,26 @@ def _kernel(value: str) -> Path | None:
     return path.resolve()
 
 
+def _stack(value: str) -> str:
+    from .stack import parse  # checks the sources exist; the build happens when an image needs it
+
+    parse(value)
+    return value or "debian"
+
+
+def _socket_mode(value: str) -> str:
+    if value and not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError("must be an octal mode such as 0666")
+    return value
+
+
+def _fuse_conf(value: str) -> str:
+    for item in filter(None, (v.strip() for v in value.split(","))):
+        if item != "user_allow_other" and not re.fullmatch(r"mount_max\s*=\s*\d+", item):
+            raise ValueError(f"{item!r}: fuse.conf options are user_allow_other and mount_max=N")
+    return value
+
+
 def _lines(value: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in value.splitlines() if line.strip())
 
@@ -88,6 +109,13 @@ OPTIONS = [
     Option("suppress", "regexes (one per line) of kernel splat titles to ignore", "", _lines, "REGEX"),
     Option("corpus", "directory of hostile images for scenarios/hostile_images (default: a small generated one)",
            "", str, "DIR"),
+    Option("stack", "FUSE stack: debian (released packages), debian-source, a stack .toml, or "
+           "libfuse=SRC[@REF],e2fsprogs=SRC[@REF][,libfuse-patches=P][,e2fsprogs-patches=P]", "debian",
+           _stack, "STACK"),
+    Option("socket_mode", "SocketMode= for the stack's mount-service sockets in each guest (e.g. 0666)", "",
+           _socket_mode, "OCTAL"),
+    Option("fuse_conf", "/etc/fuse.conf in each guest, e.g. user_allow_other,mount_max=3", "", _fuse_conf,
+           "OPTS"),
 ]
 
 
@@ -104,6 +132,9 @@ class Settings:
     command_timeout: float = 120.0
     suppress: tuple[str, ...] = ()
     corpus: str = ""
+    stack: str = "debian"
+    socket_mode: str = ""
+    fuse_conf: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
