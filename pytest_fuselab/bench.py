@@ -74,6 +74,7 @@ def images_per_min(lab: Lab, workdir: Path, count: int) -> float:
     import subprocess
 
     from .containment import ImageRunner
+    from .drivers import DRIVERS
     from .reproducers import extract
 
     items = []
@@ -82,7 +83,7 @@ def images_per_min(lab: Lab, workdir: Path, count: int) -> float:
         subprocess.run(["mke2fs", "-q", "-t", "ext4", str(image), "16M"], check=True, capture_output=True)
         items += extract(image)
     start = time.monotonic()
-    list(ImageRunner(lab, workdir).run(items, ["kernel", "fuse2fs", "fuse2fs-user"]))
+    list(ImageRunner(lab, workdir).run(items, list(DRIVERS)))
     return count / ((time.monotonic() - start) / 60)
 
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from . import bench, capabilities, host, image, recipe, shell, stack
+from .drivers import DRIVERS
 from .errors import FuselabError
 from .lab import Lab, stderr_progress
 from .settings import OPTIONS, resolve
@@ -108,7 +109,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from . import containment, matrix, reproducers
 
     items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
-    drivers = args.driver or ["kernel", "fuse2fs", "fuse2fs-user"]
+    drivers = args.driver or list(DRIVERS)
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="fuselab-repro-") as tmp:
         lab = Lab(settings_from(args), Path(tmp))
@@ -116,7 +117,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         for _ in range(args.repeat):
             for v in runner.run(items, drivers):
                 steps = " ".join(f"{s.name}={s.status}" for s in v.steps)
-                print(f"{v.verdict.upper():9} {v.driver:13} {v.image}  {steps}  server:{v.server}  "
+                print(f"{v.verdict.upper():9} {v.driver:15} {v.image}  {steps}  server:{v.server}  "
                       f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s", flush=True)
                 verdicts.append(v)
     if args.json:
@@ -183,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--count", type=int, default=40)
     rp = sub.add_parser("repro", help="run images or syzkaller reproducers through the drivers and judge")
     rp.add_argument("files", nargs="+", help="images (.gz/.xz/.zst/.bz2 too), .syz programs, C reproducers, dirs")
-    rp.add_argument("--driver", action="append", choices=["kernel", "fuse2fs", "fuse2fs-user"],
+    rp.add_argument("--driver", action="append", choices=list(DRIVERS),
                     help="driver to use (repeatable; default: all)")
     rp.add_argument("--repeat", type=int, default=1, help="run everything N times (how reliably it fires)")
     rp.add_argument("--json", help="write the verdicts as JSON lines to this file")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .drivers import DRIVERS, Driver
+from .drivers import DRIVERS, Driver, mounted, server_fate
 from .errors import GuestError
 from .guest import Guest, create_overlay
 from .lab import Lab
@@ -63,27 +63,27 @@ def step(guest: Guest, driver: Driver, name: str, command: str, as_user: bool = 
         return Step(name, -1, str(exc)[:300], round(time.monotonic() - start, 2))
 
 
-def server_alive(guest: Guest) -> bool:
-    return guest.run("pgrep -x fuse2fs", check=False).exit_status == 0
-
-
 def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdict) -> None:
-    fuse = driver.fstype.startswith("fuse")
-    guest.run(f"mkdir -p {MNT}" + (f" && chown {driver.user}: {MNT}" if driver.user else ""))
+    guest.run(driver.prepare_command(MNT))
     # syzbot's options are kernel mount options: fuse2fs gets none of them
-    mount = driver.mount_command(device, MNT, "" if fuse else options)
+    mount = driver.mount_command(device, MNT, "" if driver.fuse else options)
     v.steps.append(step(guest, driver, "mount", mount))
     if v.steps[-1].status != 0:
+        if driver.fuse:
+            v.server = server_fate(guest, MNT) or "-"
         return
     for name, command in (("walk", WALK), ("modify", MODIFY)):
         v.steps.append(step(guest, driver, name, command))
-        if fuse and v.server == "-" and not server_alive(guest):
-            v.server = f"died during {name}"
+        fate = server_fate(guest, MNT) if driver.fuse and v.server == "-" else ""
+        if fate:
+            v.server = f"{fate} during {name}"
     unmount = step(guest, driver, "unmount", driver.unmount_command(MNT), as_user=bool(driver.user))
-    if unmount.status != 0:
+    if mounted(guest, MNT):
         v.stuck_mount = True
         guest.run(f"umount -l {MNT}", check=False, timeout=30)
     v.steps.append(unmount)
+    if driver.fuse and v.server == "-":
+        v.server = server_fate(guest, MNT) or "still running after the unmount"
     v.steps.append(step(guest, driver, "fsck", f"e2fsck -fn {device}", as_user=False))
 
 
@@ -100,7 +100,7 @@ def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Dr
     v.splats, v.seconds = health.titles(), round(time.monotonic() - start, 2)
     v.evidence = health.explain()
     v.guest = "lost" if health.lost else "answers"
-    if driver.fstype.startswith("fuse"):
+    if driver.fuse:
         v.verdict = "breach" if (health.damaged or v.stuck_mount) else "contained"
     else:
         v.verdict = "finding" if health.damaged else "clean"

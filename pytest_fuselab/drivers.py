@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 
@@ -10,15 +11,27 @@ from .errors import CommandFailed
 from .guest import Guest
 
 USER = "fuselab"  # the unprivileged account every image has
+FUSESERVER = "python3 -S /usr/local/lib/fuselab/fuseserver.py"  # guest_fuseserver.py, in every guest
+SERVERS = "/run/fuselab/servers"  # where each FUSE server's fate is written, by mountpoint
 
 
 @dataclass(frozen=True)
 class Driver:
-    """How to mount, check and unmount with one driver; `user` runs it unprivileged."""
+    """How to mount, check and unmount with one driver.
+
+    `user` runs the FUSE server as that account (mounting through setuid fusermount3);
+    `sandboxed` mounts as root and hands the connection to fuse2fs running in a transient
+    systemd unit sandboxed like fuse4fs@.service (see guest_fuseserver.py).  Every FUSE server
+    runs under a keeper that records its fate: exit status, signal, core dump."""
 
     name: str
     fstype: str  # what findmnt reports once mounted
     user: str | None = None
+    sandboxed: bool = False
+
+    @property
+    def fuse(self) -> bool:
+        return self.fstype.startswith("fuse")
 
     def wrap(self, command: str) -> str:
         """`command` as this driver's user would run it."""
@@ -26,18 +39,29 @@ class Driver:
             return command
         return f"runuser -u {self.user} -- sh -c {shlex.quote(command)}"
 
+    def prepare_command(self, mountpoint: str) -> str:
+        """Run as root before mounting: the mountpoint, owned by the driver's user."""
+        return (f"mkdir -p {mountpoint} && install -d -m 1777 {SERVERS} && rm -f {fate_path(mountpoint)}*"
+                + (f" && chown {self.user}: {mountpoint}" if self.user else ""))
+
     def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
-        if self.fstype == "ext4":
+        if not self.fuse:
             return f"mount -t ext4{f' -o {options}' if options else ''} {device} {mountpoint}"
-        return (f"fuse2fs {device} {mountpoint}" + (" -o fakeroot" if self.user else "")
-                + (f" -o {options}" if options else ""))
+        fate = fate_path(mountpoint)
+        if self.sandboxed:
+            return f"{FUSESERVER} sandbox --fate {fate} {device} {mountpoint}" + (f" -o {options}" if options else "")
+        opts = ",".join(o for o in ("fakeroot" if self.user else "", options) if o)
+        return (f"{FUSESERVER} start --fate {fate} --mountpoint {mountpoint} -- "
+                f"fuse2fs -f {device} {mountpoint}" + (f" -o {opts}" if opts else ""))
 
     def unmount_command(self, mountpoint: str) -> str:
-        return f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
+        """Unmount, and for a FUSE driver wait until its server has exited (and flushed)."""
+        umount = f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
+        return f"{umount} && {FUSESERVER} wait --fate {fate_path(mountpoint)}" if self.fuse else umount
 
     def try_mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
         """Attempt a mount and return what happened, refused or not."""
-        guest.run(f"mkdir -p {mountpoint}" + (f" && chown {self.user}: {mountpoint}" if self.user else ""))
+        guest.run(self.prepare_command(mountpoint))
         return guest.run(self.wrap(self.mount_command(device, mountpoint)), timeout=timeout, check=False)
 
     def mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
@@ -59,7 +83,25 @@ DRIVERS = {
     "kernel": Driver("kernel", "ext4"),
     "fuse2fs": Driver("fuse2fs", "fuse.ext4"),
     "fuse2fs-user": Driver("fuse2fs-user", "fuse.ext4", user=USER),
+    "fuse2fs-sandbox": Driver("fuse2fs-sandbox", "fuse.ext4", sandboxed=True),
 }
+
+
+def fate_path(mountpoint: str) -> str:
+    """Where the keeper of the FUSE server mounted at `mountpoint` writes how it ended."""
+    return f"{SERVERS}/{mountpoint.strip('/').replace('/', '-') or 'root'}.json"
+
+
+def server_fate(guest: Guest, mountpoint: str) -> str:
+    """How the FUSE server of `mountpoint` ended ("exit status 0", "killed by SIGSEGV (core
+    dumped)"), or "" while it still runs."""
+    r = guest.run(f"cat {fate_path(mountpoint)}", check=False)
+    if not r.ok:
+        return ""
+    fate = json.loads(r.stdout)
+    if fate.get("signal"):
+        return f"killed by {fate['signal']}" + (" (core dumped)" if fate.get("core") else "")
+    return f"exit status {fate.get('exit')}"
 
 
 def mounted(guest: Guest, mountpoint: str) -> str:

@@ -210,8 +210,9 @@ def images_dir() -> Path:
 
 
 def recipe_key(recipe: Recipe) -> str:
-    """What decides an image apart from the archive: the recipe, its files, our initramfs."""
-    data = f"{recipe.digest()}\n{initramfs.INIT_SCRIPT}\n{FORMAT}".encode()
+    """What decides an image apart from the archive: the recipe and its files (the lab's /init
+    travels in a layer of its own, see initramfs.lab_layer)."""
+    data = f"{recipe.digest()}\n{FORMAT}".encode()
     return hashlib.sha256(data).hexdigest()
 
 

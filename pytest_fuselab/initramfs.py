@@ -22,9 +22,10 @@ mkdir -p /newroot
 if ! mount -t ext4 -o rw $root /newroot; then
     echo "fuselab-initramfs: cannot mount $root"; echo c > /proc/sysrq-trigger
 fi
-if [ -f /fuselab/agent.py ]; then  # the lab's agent travels in its own initramfs layer
-    mkdir -p /newroot/usr/local/sbin && cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent
-    chmod 755 /newroot/usr/local/sbin/fuselab-agent
+if [ -d /fuselab ]; then  # the lab's guest programs travel in their own initramfs layer
+    mkdir -p /newroot/usr/local/sbin /newroot/usr/local/lib/fuselab
+    cp /fuselab/* /newroot/usr/local/lib/fuselab/
+    cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent && chmod 755 /newroot/usr/local/sbin/fuselab-agent
 fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev
@@ -115,25 +116,29 @@ def pack(tree: Path) -> bytes:
     return gzip.compress(cpio.stdout, compresslevel=6, mtime=0)
 
 
-def with_agent(base: Path, agent: Path, cache: Path) -> Path:
-    """The image's initramfs with a second archive appended that carries the guest agent.
+def lab_layer(base: Path, files: dict[str, Path], cache: Path) -> Path:
+    """The image's initramfs with a second archive appended: this lab's /init and guest programs.
 
-    The agent belongs to this version of the lab, not to the image: changing it never
-    forces an image rebuild.  The result is cached by content."""
+    They belong to this version of the lab, not to the image: changing them never forces an
+    image rebuild (a later archive's files replace the earlier ones).  Cached by content."""
     import hashlib
     import tempfile
 
-    digest = hashlib.sha256(base.read_bytes() + agent.read_bytes()).hexdigest()[:16]
-    out = cache / f"initrd-{digest}.gz"
+    h = hashlib.sha256(base.read_bytes() + INIT_SCRIPT.encode())
+    for name, path in sorted(files.items()):
+        h.update(name.encode() + b"\0" + path.read_bytes())
+    out = cache / f"initrd-{h.hexdigest()[:16]}.gz"
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         tree = Path(tmp) / "tree"
         (tree / "fuselab").mkdir(parents=True)
-        shutil.copyfile(agent, tree / "fuselab" / "agent.py")
-        layer = pack(tree)
+        for name, path in files.items():
+            shutil.copyfile(path, tree / "fuselab" / name)
+        (tree / "init").write_text(INIT_SCRIPT)
+        (tree / "init").chmod(0o755)
         partial = Path(tmp) / "initrd.gz"
-        partial.write_bytes(base.read_bytes() + layer)
+        partial.write_bytes(base.read_bytes() + pack(tree))
         partial.rename(out)
     return out

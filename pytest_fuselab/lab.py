@@ -52,8 +52,8 @@ class Lab:
 
     @functools.cached_property
     def initrd(self) -> Path:
-        """The image's initramfs plus a layer with this lab's guest agent."""
-        return initramfs.with_agent(self.image.initrd, recipe.AGENT_SOURCE, cache_dir() / "initrd")
+        """The image's initramfs plus a layer with this lab's /init and guest programs."""
+        return initramfs.lab_layer(self.image.initrd, recipe.GUEST_FILES, cache_dir() / "initrd")
 
     @functools.cached_property
     def spec(self) -> MachineSpec:

@@ -11,7 +11,11 @@ from pathlib import Path
 from .errors import ImageError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
-AGENT_SOURCE = Path(__file__).resolve().parent / "guest_agent.py"
+# Programs the lab puts into every guest (under /usr/local/lib/fuselab), by guest name.
+GUEST_FILES = {
+    "agent.py": Path(__file__).resolve().parent / "guest_agent.py",
+    "fuseserver.py": Path(__file__).resolve().parent / "guest_fuseserver.py",
+}
 
 
 @dataclass(frozen=True)

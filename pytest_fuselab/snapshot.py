@@ -22,7 +22,7 @@ from .qemu import MachineSpec, kernel_cmdline, qemu_version
 from .sparse import file_sha256
 
 Progress = Callable[[str], None]
-FORMAT = 1
+FORMAT = 2  # bump when settle() changes what a snapshot holds
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
 def settle(guest: Guest) -> None:
     """Let boot finish so every restore starts from the same quiet state."""
     guest.run("systemctl is-system-running --wait || true", timeout=120, check=False)
+    # page in what every sandboxed FUSE server start needs (systemd's executor, python, fuse2fs)
+    guest.run("python3 -S /usr/local/lib/fuselab/fuseserver.py warm; fuse2fs -V", timeout=120, check=False)
     guest.run("sync", timeout=60)
 
 
