@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def apply(paths: list[Path], tree: Path, log: Path) -> list[str]:
         proc.run([*GIT, "commit", "-q", "--no-verify", "-m", "fuselab: tree before the series"],
                  ImageError, log, cwd=tree)
     patches = [p for path in paths for p in load(path)]
-    mails = tree.parent / "series-mails"
+    mails = tree.resolve().parent / "series-mails"
     mails.mkdir(exist_ok=True)
     for number, patch in enumerate(patches, 1):
         mail = mails / f"{number:04d}.mail"
@@ -142,7 +143,7 @@ def apply(paths: list[Path], tree: Path, log: Path) -> list[str]:
         try:
             proc.run([*GIT, "am", "-q", str(mail)], ImageError, log, cwd=tree)
         except ImageError as exc:
-            proc.run([*GIT, "am", "--abort"], ImageError, log, cwd=tree)
+            subprocess.run([*GIT, "am", "--abort"], cwd=tree, capture_output=True, check=False)
             raise ImageError(f"patch {number}/{len(patches)} {patch.subject!r} ({patch.origin}) does not apply "
                              f"to {tree.name}:\n{exc}") from None
     return [p.subject for p in patches]
