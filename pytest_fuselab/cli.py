@@ -56,8 +56,13 @@ def cmd_image(args: argparse.Namespace) -> int:
             m = img.manifest()
             pk = m["packages"]
             assert isinstance(pk, dict)
-            print(f"{img.directory.name}  kernel {m['kernel_version']}  fuse3 {pk.get('fuse3')}  "
-                  f"fuse2fs {pk.get('fuse2fs')}  systemd {pk.get('systemd')}  built {m['built']}")
+            layer = m.get("stack") or {}
+            assert isinstance(layer, dict)
+            fuse, e2fs = (layer["versions"]["libfuse"], layer["versions"]["e2fsprogs"]) if layer else (
+                pk.get("fuse3"), pk.get("fuse2fs"))
+            print(f"{img.directory.name}  kernel {m['kernel_version']}  fuse3 {fuse}  fuse2fs {e2fs}  "
+                  f"systemd {pk.get('systemd')}  built {m['built']}"
+                  + (f"  stack {layer['name']} from {layer['sources']}" if layer else ""))
         if not image.built_images():
             print(f"no images built yet in {image.images_dir()} (`fuselab image build`)")
     else:

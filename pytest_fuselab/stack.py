@@ -392,6 +392,9 @@ def ensure(spec: StackSpec, progress: Progress, rebuild: bool = False) -> Layer:
 
 
 def _build(spec: StackSpec, root: buildroot.BuildRoot, layer: Layer, progress: Progress) -> Layer:
+    for stale in stacks_dir().glob("*.build-*"):  # failed builds keep their log until the next build
+        if not Path(f"/proc/{stale.name.rsplit('-', 1)[-1]}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
     work = layer.directory.with_name(layer.directory.name + f".build-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
