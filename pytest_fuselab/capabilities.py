@@ -12,6 +12,7 @@ Feature names are listed in FEATURES; `libfuse>=X.Y[.Z]` compares the installed 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -87,6 +88,7 @@ for d in ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/syst
         if listen and name not in units:
             units[name] = {"path": f, "listen": listen, "enabled": cmd("systemctl", "is-enabled", name),
                            "active": cmd("systemctl", "is-active", name),
+                           "mode": cmd("systemctl", "show", "-P", "SocketMode", name),
                            "service": os.path.exists(os.path.join(d, name[:-7] + "@.service"))}
 out["socket_units"] = units
 conf = {}
@@ -193,7 +195,8 @@ class Capabilities:
         for name in ("fusermount3", "fuservicemount3", "mount.fuse3", "fuse2fs", "fuse4fs"):
             info = self.programs.get(name)
             progs.append(f"{name} " + ("absent" if info is None else "setuid" if info["setuid_root"] else "present"))
-        units = ", ".join(f"{n} ({u.get('enabled') or '?'})" for n, u in sorted(self.socket_units.items()))
+        units = ", ".join(f"{n} ({u.get('enabled') or '?'}, mode {u.get('mode') or '?'})"
+                          for n, u in sorted(self.socket_units.items()))
         conf = ", ".join(f"{k}={v}" for k, v in sorted(self.fuse_conf.items())) or "defaults"
         service = "present" if self.has("mount-service") else f"ABSENT ({self.missing('mount-service')})"
         return [f"libfuse {self.libfuse_version or 'absent'}; " + ", ".join(progs),
@@ -276,7 +279,9 @@ def records_dir() -> Path:
 def for_lab(lab: Any) -> Capabilities:
     """Capabilities of the lab's image, probed once per snapshot and kept next to the cache."""
     snap = lab.snapshot
-    record = records_dir() / f"{snap.directory.name}.json"
+    per_run = f"{getattr(lab.settings, 'socket_mode', '')}|{getattr(lab.settings, 'fuse_conf', '')}"
+    suffix = "" if per_run == "|" else "-" + hashlib.sha256(per_run.encode()).hexdigest()[:8]
+    record = records_dir() / f"{snap.directory.name}{suffix}.json"
     try:
         data = json.loads(record.read_text())
         if data.get("format") == FORMAT:

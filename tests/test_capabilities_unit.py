@@ -97,3 +97,16 @@ def test_records(tmp_path, monkeypatch):
     assert capabilities.latest_record("sid", "debian") is None
     record = capabilities.latest_record("sid", "x.toml")
     assert record is not None and Capabilities.from_json(record["capabilities"]) == caps
+
+
+def test_header_shows_the_newest_probe_of_this_recipe_and_stack(tmp_path, monkeypatch):
+    from pytest_fuselab.settings import resolve
+
+    monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+    settings = resolve(cli={"stack": "debian-source"}, env={})
+    assert "not probed yet" in capabilities.header_lines(settings)[0]
+    capabilities.save_record(capabilities.records_dir() / "s.json", Capabilities.from_json(RELEASED),
+                             {"recipe": "sid", "stack": "debian-source", "image": "sid+debian-source-abc"})
+    lines = capabilities.header_lines(settings)
+    assert "stack debian-source (image sid+debian-source-abc" in lines[0]
+    assert any("mount service ABSENT (fuservicemount3 is not installed" in line for line in lines)
