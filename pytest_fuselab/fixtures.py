@@ -77,6 +77,34 @@ def fuselab_guest_pair(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iter
     _stop(fuselab_lab, request, [first, second])
 
 
+@pytest.fixture(scope="module")
+def _fuselab_module_guest(fuselab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[tuple[Guest, list[bool]]]:
+    """The guest behind `fuselab_module_guest`, and whether any test using it failed."""
+    try:
+        guest = fuselab_lab.guest(fuselab_lab.rundir(_safe_name(request.node.name)))
+    except FuselabError as exc:
+        pytest.fail(f"fuselab could not start a guest: {exc}", pytrace=False)
+    failed: list[bool] = []
+    yield guest, failed
+    guest.shutdown()
+    keep = fuselab_lab.settings.keep
+    if keep == "none" or (keep == "failed" and not failed):
+        shutil.rmtree(guest.rundir, ignore_errors=True)
+
+
+@pytest.fixture
+def fuselab_module_guest(_fuselab_module_guest: tuple[Guest, list[bool]],
+                         request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """One guest shared by the tests of a module (for many cheap conversations with one set-up);
+    judged after each test like `fuselab_guest`, so a splat fails the test that saw it and every
+    later one.  Tests must leave it usable: clean up their mounts and processes."""
+    guest, failed = _fuselab_module_guest
+    request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
+    yield guest
+    if request.node.stash.get(OUTCOME_KEY, False):
+        failed.append(True)
+
+
 @pytest.fixture
 def fuselab_shared_disk(fuselab_guest_pair: tuple[Guest, Guest]) -> Callable[..., tuple[Disk, Disk]]:
     """Attach one raw disk to both guests of the pair at once: `fuselab_shared_disk("256M")`.

@@ -452,6 +452,8 @@ SERVER_ATTACKS: dict[str, Attack] = {
     "mountpoint_padding": steps(req(at_mountpoint(expected_fmt=DIR, padding=1)), BYE0),
     "mountpoint_weird_format": steps(req(at_mountpoint(expected_fmt=stat.S_IFCHR)), BYE0),
     "mountpoint_wrong_format": steps(req(at_mountpoint(expected_fmt=stat.S_IFREG)), BYE0),
+    "allow_other": steps(req(packet(MNTOPTS, "rw,allow_other")), BYE0),
+    "allow_root": steps(req(packet(MNTOPTS, "allow_root")), BYE0),
     "fsopen_unknown_flags": steps(req(packet(FSOPEN, fsopen_flags=0x80)), BYE0),
     "fsopen_fuseblk": steps(req(packet(FSOPEN, fsopen_flags=FSOPEN_FUSEBLK)), BYE0),
     "mount_wrong_size": steps(SETUP, req(packet(MOUNT, dialect=V4), "12-byte DOIT"), BYE0),

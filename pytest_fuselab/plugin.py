@@ -12,10 +12,12 @@ import pytest
 from . import report
 from .errors import SettingError
 from .fixtures import (  # noqa: F401  (importing registers them)
+    _fuselab_module_guest,
     fuselab_disk,
     fuselab_guest,
     fuselab_guest_pair,
     fuselab_lab,
+    fuselab_module_guest,
     fuselab_shared_disk,
 )
 from .keys import GUESTS_KEY, LAB_KEY, OUTCOME_KEY, SETTINGS_KEY
@@ -66,7 +68,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"fuselab_guest", "fuselab_guest_pair"} & set(getattr(item, "fixturenames", ())):
+        if {"fuselab_guest", "fuselab_guest_pair", "fuselab_module_guest"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.fuselab_guest)
 
 
