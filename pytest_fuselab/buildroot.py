@@ -62,10 +62,13 @@ class BuildRoot:
         stamp = self.directory / "lists-updated"
         if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
             return
-        progress(f"apt-get update in the build root {self.directory.name}")
-        with _resolv(self.root):
-            self.apt(["update"], log)
-        stamp.touch()
+        with file_lock(self.directory / "apt.lock", f"apt-get update in {self.directory.name}", progress):
+            if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
+                return  # another worker did it while we waited
+            progress(f"apt-get update in the build root {self.directory.name}")
+            with _resolv(self.root):
+                self.apt(["update"], log)
+            stamp.touch()
 
 
 def sources_text(mirror: str, suite: str) -> str:

@@ -251,7 +251,7 @@ def export(source: Source, root: buildroot.BuildRoot, workdir: str, log: Path) -
     return src
 
 
-def meson_args(src: Path) -> list[str]:
+def meson_args(src: Path, options: tuple[str, ...] = ()) -> list[str]:
     """Debian-like install paths; only the options this tree knows (read from its options file)."""
     known = ""
     for name in ("meson_options.txt", "meson.options"):
@@ -260,7 +260,8 @@ def meson_args(src: Path) -> list[str]:
     wanted = {"examples": "false", "tests": "false", "initscriptdir": "", "udevrulesdir": "/usr/lib/udev/rules.d",
               "useroot": "true"}
     return ["--prefix=/usr", f"--libdir={LIBDIR}", "--sysconfdir=/etc", "--buildtype=debugoptimized",
-            *[f"-D{k}={v}" for k, v in wanted.items() if f"option('{k}'" in known]]
+            *[f"-D{k}={v}" for k, v in wanted.items() if f"option('{k}'" in known
+              and not any(o.startswith(f"-D{k}=") for o in options)], *options]
 
 
 def configure_args(src: Path) -> list[str]:
@@ -275,11 +276,38 @@ def configure_args(src: Path) -> list[str]:
 def build_libfuse(root: buildroot.BuildRoot, source: Source, log: Path, progress: Progress) -> Path:
     src = export(source, root, "/build/libfuse", log)
     progress(f"libfuse: meson setup and ninja ({source.describe()})")
-    root.run(["meson", "setup", "/build/libfuse/build", "/build/libfuse/src", *meson_args(src), *source.options],
+    root.run(["meson", "setup", "/build/libfuse/build", "/build/libfuse/src", *meson_args(src, source.options)],
              log)
     root.run(["ninja", "-C", "/build/libfuse/build", f"-j{os.cpu_count() or 2}"], log)
     root.run(["meson", "install", "-C", "/build/libfuse/build", "--destdir", "/build/libfuse/dest"], log)
-    return root.host_path("/build/libfuse/dest")
+    dest = root.host_path("/build/libfuse/dest")
+    if "-Dexamples=true" in source.options:
+        examples = install_service_examples(root.host_path("/build/libfuse/build/example"), src / "example", dest)
+        progress(f"libfuse: service examples installed: {', '.join(examples) or 'none found'}")
+    return dest
+
+
+def install_service_examples(built: Path, src: Path, dest: Path) -> list[str]:
+    """libfuse's socket-activated examples (meson does not install examples): the program under
+    /usr/libexec/libfuse-examples, its configured socket unit, and its service unit with the
+    `ExecStart=/path/to/NAME` placeholder pointing at the installed program (the only change)."""
+    units = dest / "usr/lib/systemd/system"
+    names = []
+    for socket in sorted(built.glob("*.socket")):
+        name = socket.stem
+        program, service = built / name, src / f"{name}@.service"
+        if not (program.is_file() and service.is_file()):
+            continue
+        target = dest / "usr/libexec/libfuse-examples" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        units.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(program, target)
+        shutil.copy2(socket, units / socket.name)
+        text = re.sub(r"^ExecStart=/path/to/\S+", f"ExecStart=/usr/libexec/libfuse-examples/{name}",
+                      service.read_text(), flags=re.M)
+        (units / service.name).write_text(text)
+        names.append(name)
+    return names
 
 
 def private_pkgconfig(root: buildroot.BuildRoot, dest: str) -> str:

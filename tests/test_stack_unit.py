@@ -223,3 +223,24 @@ def test_build_arguments_follow_the_tree(tmp_path):
 def test_deb_src_comes_from_the_host_mirror():
     text = buildroot.sources_text("http://mirror.example/debian", "sid")
     assert "Types: deb deb-src\nURIs: http://mirror.example/debian\nSuites: sid\n" in text
+
+
+def test_user_meson_options_replace_the_defaults(tmp_path):
+    (tmp_path / "meson.options").write_text("option('examples', type : 'boolean')\n")
+    args = stack.meson_args(tmp_path, ("-Dexamples=true", "-Dservice-socket-perms=0222"))
+    assert "-Dexamples=false" not in args and args[-2:] == ["-Dexamples=true", "-Dservice-socket-perms=0222"]
+
+
+def test_service_examples_are_installed_with_their_units(tmp_path):
+    built, src, dest = tmp_path / "build", tmp_path / "src", tmp_path / "dest"
+    built.mkdir()
+    src.mkdir()
+    (built / "service_ll").write_text("elf")
+    (built / "service_ll.socket").write_text("[Socket]\nListenSequentialPacket=/run/filesystems/service_ll\n")
+    (src / "service_ll@.service").write_text("[Service]\nExecStart=/path/to/service_ll\nDynamicUser=true\n")
+    (built / "null.socket").write_text("[Socket]\n")  # no program built: skipped
+    assert stack.install_service_examples(built, src, dest) == ["service_ll"]
+    unit = (dest / "usr/lib/systemd/system/service_ll@.service").read_text()
+    assert unit == "[Service]\nExecStart=/usr/libexec/libfuse-examples/service_ll\nDynamicUser=true\n"
+    assert (dest / "usr/libexec/libfuse-examples/service_ll").read_text() == "elf"
+    assert (dest / "usr/lib/systemd/system/service_ll.socket").exists()
