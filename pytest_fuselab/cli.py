@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import bench, capabilities, host, image, recipe, shell, stack
+from . import bench, capabilities, host, image, kbuild, recipe, shell, stack
 from .drivers import DRIVERS
 from .errors import FuselabError
 from .lab import Lab, stderr_progress
@@ -152,6 +152,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return stack.cli(args, stderr_progress)
 
 
+def cmd_kernel(args: argparse.Namespace) -> int:
+    return kbuild.cli(args, stderr_progress)
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     return shell.run(settings_from(args), args.remote)
 
@@ -164,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("--no-probe", action="store_true", help="do not start a guest to probe the FUSE stack")
     add_settings(doctor)
     stack.add_cli(sub)
+    kbuild.add_cli(sub)
     img = sub.add_parser("image", help="build, list or remove guest images")
     img.add_argument("action", choices=["build", "list", "clean"])
     img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
                 "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro, "corpus": cmd_corpus,
-                "stack": cmd_stack}
+                "stack": cmd_stack, "kernel": cmd_kernel}
     try:
         if args.subcommand == "run":
             return cmd_run(args, extra)

@@ -13,9 +13,10 @@ from .errors import FuselabError, HostError
 from .qemu import qemu_version
 
 APT_PACKAGES = ["qemu-system-x86", "qemu-utils", "debootstrap", "busybox-static", "cpio",
-                "e2fsprogs", "openssh-client", "zstd", "xz-utils", "ca-certificates"]
+                "e2fsprogs", "openssh-client", "zstd", "xz-utils", "ca-certificates", "kmod"]
 COMMANDS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "debootstrap": "debootstrap",
-            "cpio": "cpio", "mke2fs": "e2fsprogs", "ssh": "openssh-client"}
+            "cpio": "cpio", "mke2fs": "e2fsprogs", "ssh": "openssh-client",
+            "depmod": "kmod"}
 
 
 def missing_commands() -> dict[str, str]:

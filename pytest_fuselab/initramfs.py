@@ -22,6 +22,15 @@ mkdir -p /newroot
 if ! mount -t ext4 -o rw $root /newroot; then
     echo "fuselab-initramfs: cannot mount $root"; echo c > /proc/sysrq-trigger
 fi
+if [ -n "$fuselab_modules" ]; then  # a foreign kernel's modules come on a disk of their own (kernel.py)
+    v=$(uname -r); m=
+    for i in $(seq 1 400); do
+        for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$fuselab_modules" ] && m=/dev/${b##*/}; done
+        [ -n "$m" ] && [ -b "$m" ] && break; sleep 0.05
+    done
+    mkdir -p /newroot/lib/modules/$v
+    mount -t ext4 -o ro "$m" /newroot/lib/modules/$v || echo "fuselab-initramfs: cannot mount the modules disk ($m)"
+fi
 if [ -d /fuselab ]; then  # the lab's guest programs travel in their own initramfs layer
     mkdir -p /newroot/usr/local/sbin /newroot/usr/local/lib/fuselab
     cp /fuselab/* /newroot/usr/local/lib/fuselab/
@@ -93,7 +102,7 @@ def build(modules_dir: Path, names: list[str], out: Path, work: Path) -> Path:
         (tree / sub).mkdir(parents=True)
     shutil.copy2(find_busybox(), tree / "bin" / "busybox")
     listing = []
-    for rel in module_closure(modules_dir, names):
+    for rel in module_closure(modules_dir, names) if names else []:
         name = module_name(rel) + ".ko"
         (tree / "modules" / name).write_bytes(decompress(modules_dir / rel))
         listing.append(name)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
-from . import accel, image, initramfs, recipe, snapshot, stack
+from . import accel, image, initramfs, kernel, recipe, snapshot, stack
 from .cache import cache_dir
 from .guest import Guest
 from .qemu import MachineSpec, find_qemu
@@ -40,9 +40,14 @@ class Lab:
         base, layer = stack.image_inputs(self.recipe, self.settings.stack, self.progress)
         return image.ensure(base, self.progress, layer=layer)
 
+    @functools.cached_property
+    def foreign(self) -> kernel.Kernel | None:
+        """The kernel the settings name, with its modules and checked config (None: the image's)."""
+        return kernel.locate(self.settings.kernel, self.settings.modules, self.progress)
+
     @property
     def kernel(self) -> Path:
-        return self.settings.kernel or self.image.kernel
+        return self.foreign.bzimage if self.foreign else self.image.kernel
 
     @functools.cached_property
     def accel(self) -> accel.Choice:
@@ -53,12 +58,15 @@ class Lab:
     @functools.cached_property
     def initrd(self) -> Path:
         """The image's initramfs plus a layer with this lab's /init and guest programs."""
-        return initramfs.lab_layer(self.image.initrd, recipe.GUEST_FILES, cache_dir() / "initrd")
+        base = kernel.base_initrd(self.foreign, self.recipe.initramfs_modules) if self.foreign else self.image.initrd
+        return initramfs.lab_layer(base, recipe.GUEST_FILES, cache_dir() / "initrd")
 
     @functools.cached_property
     def spec(self) -> MachineSpec:
+        disk = self.foreign.disk if self.foreign else None
         return MachineSpec(kernel=self.kernel, initrd=self.initrd, accel=self.accel.accel,
-                           memory_mb=self.settings.memory, cpus=self.settings.cpus)
+                           memory_mb=self.settings.memory, cpus=self.settings.cpus, modules=disk,
+                           cmdline=(f"fuselab_modules={kernel.MODULES_SERIAL}",) if disk else ())
 
     @functools.cached_property
     def snapshot(self) -> snapshot.Snapshot:

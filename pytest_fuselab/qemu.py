@@ -39,6 +39,7 @@ class MachineSpec:
     machine: str = "pc"
     qemu: str = "qemu-system-x86_64"
     cmdline: tuple[str, ...] = field(default_factory=tuple)
+    modules: Path | None = None  # a foreign kernel's modules disk (kernel.py), read-only
 
     def with_accel(self, accel: str) -> MachineSpec:
         return replace(self, accel=accel)
@@ -89,6 +90,13 @@ def root_disk_args(overlay: Path) -> list[str]:
             "-device", "virtio-blk-pci,drive=root,id=root-dev,serial=fuselab-root"]
 
 
+def modules_disk_args(image: Path | None) -> list[str]:
+    if image is None:
+        return []
+    return ["-drive", f"file={image},format=raw,if=none,id=modules,readonly=on",
+            "-device", "virtio-blk-pci,drive=modules,id=modules-dev,serial=fuselab-modules"]
+
+
 def console_args(path: Path) -> list[str]:
     return ["-chardev", f"file,id=console,path={path}", "-serial", "chardev:console"]
 
@@ -120,7 +128,7 @@ def build_argv(spec: MachineSpec, paths: RunPaths, incoming: Path | None = None)
     argv = [spec.qemu, "-name", "fuselab", "-machine", spec.machine, "-m", str(spec.memory_mb),
             *accel_args(spec.accel, spec.cpus), "-nodefaults", "-display", "none",
             "-no-reboot", "-no-user-config",
-            *boot_args(spec), *root_disk_args(paths.root), *console_args(paths.console),
+            *boot_args(spec), *root_disk_args(paths.root), *modules_disk_args(spec.modules), *console_args(paths.console),
             *agent_args(paths.agent), *qmp_args(paths.qmp), *net_args(paths.ssh_port), *rng_args()]
     if incoming is not None:
         argv += ["-incoming", "defer"]

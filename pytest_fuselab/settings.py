@@ -38,13 +38,26 @@ def _kernel(value: str) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "Makefile").is_file():
+            raise ValueError(f"{path} is a directory but not a kernel build tree (no Makefile)")
+        return path.resolve()  # a build tree: kernel.py finds arch/x86/boot/bzImage and the modules
     if not path.is_file():
-        raise ValueError(f"no kernel image at {path} (give the path of a bzImage/vmlinuz file)")
+        raise ValueError(f"no kernel image at {path} (give a bzImage/vmlinuz file or a kernel build tree)")
     with open(path, "rb") as f:
         f.seek(0x202)
         if f.read(4) != b"HdrS":
             raise ValueError(f"{path} is not an x86 bzImage (no 'HdrS' boot header); "
                              "give arch/x86/boot/bzImage, not vmlinux")
+    return path.resolve()
+
+
+def _modules(value: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"no modules directory at {path}")
     return path.resolve()
 
 
@@ -95,7 +108,10 @@ class Option:
 
 OPTIONS = [
     Option("image", "guest image recipe: a name in images/ or a .toml path", "sid", str, "NAME"),
-    Option("kernel", "boot this bzImage instead of the image's Debian kernel", "", _kernel, "PATH"),
+    Option("kernel", "boot this kernel instead of the image's Debian kernel: a bzImage file or a kernel build "
+           "tree (its arch/x86/boot/bzImage and modules)", "", _kernel, "PATH"),
+    Option("modules", "the kernel's modules: a directory filled by make modules_install INSTALL_MOD_PATH=DIR, "
+           "or DIR/lib/modules/<release>", "", _modules, "DIR"),
     Option("accel", "acceleration: auto (probe KVM, else TCG), kvm or tcg", "auto",
            _choice("auto", "kvm", "tcg"), "auto|kvm|tcg"),
     Option("memory", "guest memory in MiB", "1024", _positive_int, "MIB"),
@@ -123,6 +139,7 @@ OPTIONS = [
 class Settings:
     image: str = "sid"
     kernel: Path | None = None
+    modules: Path | None = None
     accel: str = "auto"
     memory: int = 1024
     cpus: int = 2

@@ -56,10 +56,12 @@ class Snapshot:
 
 
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
-    data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items()},
+    data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items() if v is not None},
             "cmdline": kernel_cmdline(spec.cmdline), "qemu": qemu_version(spec.qemu),
             "kernel": file_sha256(spec.kernel), "initrd": file_sha256(spec.initrd), "base": str(base),
             "base_mtime": base.stat().st_mtime_ns}
+    if spec.modules is not None:  # a foreign kernel's modules disk (absent: keys stay as they were)
+        data["modules"] = file_sha256(spec.modules)
     key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     return Snapshot(cache_dir() / "snapshots" / key)
 
