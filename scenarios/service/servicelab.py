@@ -140,11 +140,15 @@ class Conversation:
         return [e for e in self.transcript if e["event"] == "request"]
 
     def answers(self) -> list[str]:
-        """The helper's answer to each request: an errno name, "EOF", or the tag it sent."""
+        """The helper's answer to each request: an errno name, the tag it sent, or "EOF" once it has
+        hung up (end of file, ECONNRESET, EPIPE)."""
         out = []
         for r in self.requests():
             a = r.get("answer", {})
-            out.append("EOF" if a.get("eof") else a.get("errno") or a.get("tag") or r.get("send_error", "?"))
+            hangup = a.get("eof") or r.get("recv_error") == "ECONNRESET" or r.get("send_error") == "EPIPE"
+            out.append("EOF" if hangup else a.get("errno") or a.get("tag") or r.get("send_error", "?"))
+            if hangup:
+                break  # the helper has gone: later requests only meet a closed socket
         return out
 
     def explain(self) -> str:

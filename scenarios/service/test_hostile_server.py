@@ -99,14 +99,19 @@ def test_positive_control_mounts(hostile_server):
 def test_server_dying_before_goodbye_leaves_nothing_mounted(hostile_server):
     """The server mounts (DOIT answered OK) and dies before BYEE: the helper must not leave a
     mount behind (libfuse main removed UMNT, so only the helper can clean up)."""
+    svc = hostile_server.service
     c = hostile_server.converse("die_before_bye")
     why = c.explain()
     leftover = list(c.mounts)
-    hostile_server.service.sh("umount -l /mnt/hostile")
+    access = svc.sh("stat /mnt/hostile 2>&1; ls /mnt/hostile 2>&1").stdout.strip()
+    svc.sh("umount -l /mnt/hostile")
     assert not_a_crash(c.status) and c.status != 0, why
     assert c.answers() == ["OK", "OK", "OK", "OK", "OK"], why
     assert "without saying goodbye" in c.stderr, why
-    assert not leftover, f"a dead mount was left behind\n{why}"
+    if leftover:
+        pytest.xfail(f"finding: fuservicemount3 exits {c.status} ('fuse server exited without saying goodbye') "
+                     f"but leaves the mount at /mnt/hostile in place (dead: {access.splitlines()[-1]}); "
+                     "libfuse main removed UMNT and the helper does not unmount on this path")
 
 
 def test_mount_max_gives_eusers(hostile_server):

@@ -1,0 +1,60 @@
+"""Hostile ext4 images through the mount service: fuse4fs@ parses them in its sandbox.
+
+The containment verdict of scenarios/hostile_images, with the mount made by fuservicemount3 and a
+socket-activated fuse4fs@ instance as the server: the instance may die, the kernel must stay clean,
+the mount must be removable, and the next instance must still serve.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_fuselab import reproducers
+from pytest_fuselab.containment import judge
+from pytest_fuselab.drivers import Driver
+from pytest_fuselab.guest import create_overlay
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "hostile_images"))
+from test_hostile_images import corpus_dir  # noqa: E402  (the same default corpus)
+
+
+@dataclass(frozen=True)
+class ServiceDriver(Driver):
+    """Mount through `fuservicemount3 -t ext4` (fuse4fs.socket); unmount with umount."""
+
+    def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
+        return f"timeout 120 fuservicemount3 {device} {mountpoint} -t ext4" + (f" -o {options}" if options else "")
+
+    def unmount_command(self, mountpoint: str) -> str:
+        return f"umount {mountpoint}"
+
+
+SERVICE = ServiceDriver("fuse4fs-service", "fuseblk.ext4")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hostile" in metafunc.fixturenames:
+        directory = corpus_dir(metafunc.config)
+        files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix != ".jsonl")
+        items = reproducers.extract_all(files)
+        metafunc.parametrize("hostile", items, ids=[f"{i.source.name}#{i.index}" for i in items])
+
+
+def test_hostile_image_through_the_service(service, hostile, tmp_path, record_property):
+    service.require("fuse4fs-service")
+    service.sh("systemctl restart fuse4fs.socket")
+    raw = tmp_path / "image.raw"
+    raw.write_bytes(hostile.image)
+    overlay = tmp_path / "image.qcow2"
+    create_overlay(overlay, raw, fmt="raw")
+    v = judge(service.guest, overlay, f"{hostile.source.name}#{hostile.index}", hostile, SERVICE)
+    record_property("verdict", v.verdict)
+    evidence = service.evidence("fuse4fs@*")
+    assert v.verdict in ("contained", "skipped"), f"{v}\n{evidence}"
+    after = service.sh("fuservicemount3 -t ext4 --check")
+    assert after.exit_status == 0, f"fuse4fs.socket stopped serving after the image\n{evidence}"
