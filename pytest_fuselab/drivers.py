@@ -86,6 +86,8 @@ DRIVERS = {
     "fuse2fs-sandbox": Driver("fuse2fs-sandbox", "fuse.ext4", sandboxed=True),
 }
 
+FUSE_DRIVERS = [name for name, driver in DRIVERS.items() if driver.fuse]
+
 
 def fate_path(mountpoint: str) -> str:
     """Where the keeper of the FUSE server mounted at `mountpoint` writes how it ended."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, USER
+from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, USER
 
 MNT = "/mnt/dio"
 PROBE = "/usr/local/bin/dio_probe"
@@ -62,7 +62,7 @@ def honoured(report: dict) -> None:
             assert not promised, f"{name}: within DIOALIGN {align} yet refused: {write}"
 
 
-@pytest.mark.parametrize("driver", ["fuse2fs", "fuse2fs-user"])
+@pytest.mark.parametrize("driver", FUSE_DRIVERS)
 def test_fuse2fs_direct_io_option(fuselab_guest, fuselab_disk, driver, record_property):
     """`-o direct_io` asks the FUSE server to bypass the page cache; record what fuse2fs says."""
     guest, d = fuselab_guest, DRIVERS[driver]

@@ -7,12 +7,12 @@ the same order every run.  The stalling server proves the ordering.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 import pytest_fuselab
+from pytest_fuselab import background
 from pytest_fuselab.drivers import abort_connection, mounted
 
 MNT, STATE, SERVER = "/mnt/stall", "/run/stallfs", "/usr/local/bin/stallfs"
@@ -21,7 +21,7 @@ STALLFS = Path(pytest_fuselab.__file__).with_name("stallfs.py")
 
 @pytest.fixture
 def stallfs(fuselab_guest):
-    """start(*faults) mounts stallfs at MNT with those faults and returns the server's pid."""
+    """start(*faults) mounts stallfs at MNT with those faults and returns the server's job."""
     guest = fuselab_guest
     guest.put(SERVER, STALLFS, mode=0o755)
     if guest.run("python3 -c 'import pyfuse3'", check=False).exit_status != 0:
@@ -30,35 +30,12 @@ def stallfs(fuselab_guest):
     def start(*faults: str) -> str:
         args = " ".join(f"--fault {f}" for f in faults)
         guest.run(f"rm -rf {STATE} && mkdir -p {MNT} {STATE}")
-        guest.run(f"nohup {SERVER} {MNT} --state {STATE} {args} > {STATE}/server.log 2>&1 & echo $! > {STATE}/pid")
-        wait_for(guest, f"{STATE}/mounted")
+        server = background.start(guest, f"exec {SERVER} {MNT} --state {STATE} {args}", "stallfs")
+        background.wait_for_path(guest, f"{STATE}/mounted")
         assert mounted(guest, MNT) == "fuse"
-        return guest.run(f"cat {STATE}/pid").stdout.strip()
+        return server
 
     return start
-
-
-def wait_for(guest, path: str, seconds: float = 30) -> None:
-    guest.run(f"for i in $(seq {int(seconds * 20)}); do [ -e {path} ] && exit 0; sleep 0.05; done; exit 1",
-              timeout=seconds + 10)
-
-
-def in_background(guest, command: str, name: str) -> str:
-    guest.run(f"nohup sh -c '{command}' > {STATE}/{name}.out 2>&1 & echo $! > {STATE}/{name}.pid")
-    return guest.run(f"cat {STATE}/{name}.pid").stdout.strip()
-
-
-def wait_exit(guest, pid: str, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while guest.run(f"kill -0 {pid}", check=False).ok:
-        assert time.monotonic() < deadline, f"{what} is still running after {seconds} s"
-        time.sleep(0.1)
-
-
-def exit_status(guest, pid: str, name: str, seconds: float = 30) -> str:
-    """Wait for a background command to finish; return its output."""
-    wait_exit(guest, pid, name, seconds)
-    return guest.run(f"cat {STATE}/{name}.out").stdout
 
 
 def python_io(guest, code: str):
@@ -69,14 +46,15 @@ def python_io(guest, code: str):
 def test_lazy_unmount_while_a_write_is_stalled(fuselab_guest, stallfs):
     guest = fuselab_guest
     server = stallfs("write:1:hang")
-    writer = in_background(guest, f"echo payload > {MNT}/f && echo written", "writer")
-    wait_for(guest, f"{STATE}/reached-write-1")  # the write is inside the server now
+    writer = background.start(guest, f"echo payload > {MNT}/f && echo written", "writer")
+    background.wait_for_path(guest, f"{STATE}/reached-write-1")  # the write is inside the server now
     guest.run(f"umount -l {MNT}")
     assert mounted(guest, MNT) == ""
-    assert guest.run(f"kill -0 {writer}", check=False).ok, "the stalled writer should still wait"
+    assert writer.running(), "the stalled writer should still wait"
     guest.run(f"touch {STATE}/release-write-1")
-    assert "written" in exit_status(guest, writer, "writer")
-    wait_exit(guest, server, "the server")  # it exits once its last user is gone
+    assert writer.wait(), "the writer is still running after its write was released"
+    assert "written" in writer.output()
+    assert server.wait(), "the server did not exit once its last user was gone"
 
 
 def test_server_crash_inside_fsync(fuselab_guest, stallfs):
@@ -95,10 +73,11 @@ def test_abort_while_a_read_is_stalled(fuselab_guest, stallfs):
     guest = fuselab_guest
     stallfs("read:1:hang")
     guest.run(f"echo data > {MNT}/f")
-    reader = in_background(guest, f"cat {MNT}/f", "reader")
-    wait_for(guest, f"{STATE}/reached-read-1")
+    reader = background.start(guest, f"cat {MNT}/f", "reader")
+    background.wait_for_path(guest, f"{STATE}/reached-read-1")
     abort_connection(guest, MNT)
-    out = exit_status(guest, reader, "reader")
+    assert reader.wait(), "the reader is still waiting after the abort"
+    out = reader.output()
     assert "not connected" in out or "connection abort" in out, out
     guest.run(f"touch {STATE}/release-read-1")
     guest.run(f"umount {MNT}")
@@ -109,10 +88,10 @@ def test_sigkill_of_a_reader_stuck_in_the_server(fuselab_guest, stallfs):
     guest = fuselab_guest
     stallfs("getattr:*:delay=0", "read:1:hang")
     guest.run(f"echo data > {MNT}/f")
-    reader = in_background(guest, f"cat {MNT}/f", "reader")
-    wait_for(guest, f"{STATE}/reached-read-1")
-    guest.run(f"kill -KILL {reader}")
-    exit_status(guest, reader, "reader", seconds=10)  # a FUSE wait must be killable
+    reader = background.start(guest, f"cat {MNT}/f", "reader")
+    background.wait_for_path(guest, f"{STATE}/reached-read-1")
+    reader.kill("KILL")
+    assert reader.wait(10), "SIGKILL did not end a task waiting on the FUSE server"
     guest.run(f"touch {STATE}/release-read-1")
     assert guest.run(f"cat {MNT}/f").stdout == "data\n"
     guest.run(f"umount {MNT}")

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, USER, abort_connection, mounted
+from pytest_fuselab import background
+from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, USER, abort_connection, mounted, server_fate
 
 MNT = "/mnt/race"
-FUSE_DRIVERS = ["fuse2fs", "fuse2fs-user"]
 
 
 def fresh_fs(guest, disk_factory):
@@ -23,40 +23,22 @@ def fresh_fs(guest, disk_factory):
     return disk
 
 
-def background(guest, driver, command, name):
-    """Start `command` detached in the guest; its pid is written to /run/NAME.pid."""
-    guest.run(driver.wrap(f"nohup sh -c '{command}' > /tmp/{name}.out 2>&1 & echo $! > /tmp/{name}.pid"))
-    return guest.run(f"cat /tmp/{name}.pid").stdout.strip()
-
-
-def wait_gone(guest, pid, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if guest.run(f"kill -0 {pid}", check=False).exit_status != 0:
-            return True
-        time.sleep(0.3)
-    return False
-
-
-def server_pid(guest):
-    return guest.run("pgrep -x fuse2fs", check=False).stdout.split()
-
-
 @pytest.mark.parametrize("driver", FUSE_DRIVERS)
 def test_server_killed_mid_write(fuselab_guest, fuselab_disk, driver):
     guest, d = fuselab_guest, DRIVERS[driver]
     disk = fresh_fs(guest, fuselab_disk)
     d.mount(guest, disk.path, MNT)
-    writer = background(guest, d, f"dd if=/dev/zero of={MNT}/big bs=64k count=100000", "writer")
+    writer = background.start(guest, f"dd if=/dev/zero of={MNT}/big bs=64k count=100000", "writer", d.wrap)
     time.sleep(2)
     guest.run("pkill -KILL -x fuse2fs")
-    assert wait_gone(guest, writer), "the writer did not notice that its server died"
-    out = guest.run("cat /tmp/writer.out").stdout
+    assert writer.wait(), "the writer did not notice that its server died"
+    out = writer.output()
     assert "Transport endpoint is not connected" in out or "Software caused connection abort" in out, out
     ls = guest.run(d.wrap(f"ls {MNT}"), check=False)
     assert ls.exit_status != 0 and "Transport endpoint is not connected" in ls.stderr, ls
     d.unmount(guest, MNT)
     assert mounted(guest, MNT) == ""
+    assert server_fate(guest, MNT) == "killed by SIGKILL"
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
@@ -64,19 +46,20 @@ def test_lazy_unmount_with_open_files_and_io(fuselab_guest, fuselab_disk, driver
     guest, d = fuselab_guest, DRIVERS[driver]
     disk = fresh_fs(guest, fuselab_disk)
     d.mount(guest, disk.path, MNT)
-    writer = background(guest, d, f"exec 3>{MNT}/log; i=0; while :; do i=$((i+1)); echo line $i >&3; done", "lazy")
+    writer = background.start(guest, f"exec 3>{MNT}/log; i=0; while :; do i=$((i+1)); echo line $i >&3; done",
+                              "lazy", d.wrap)
     time.sleep(1)
     guest.run(f"umount -l {MNT}")
     assert mounted(guest, MNT) == "", "the mount is still visible after umount -l"
     time.sleep(1)
-    assert guest.run(f"kill -0 {writer}", check=False).ok, "the writer died when its mount was detached"
-    guest.run(f"kill {writer}")
-    assert wait_gone(guest, writer)
-    if d.fstype.startswith("fuse"):
+    assert writer.running(), "the writer died when its mount was detached"
+    writer.kill()
+    assert writer.wait()
+    if d.fuse:
         deadline = time.monotonic() + 30
-        while server_pid(guest) and time.monotonic() < deadline:
+        while not server_fate(guest, MNT) and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert not server_pid(guest), "fuse2fs did not exit after the last user of the mount went away"
+        assert server_fate(guest, MNT) == "exit status 0", "fuse2fs did not exit after the last user went away"
     fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
     assert fsck.exit_status == 0, fsck
     d.mount(guest, disk.path, MNT)
@@ -104,8 +87,8 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
     disk = fresh_fs(guest, fuselab_disk)
     d.mount(guest, disk.path, MNT)
     guest.run(d.wrap(f"echo data > {MNT}/f && mkdir {MNT}/d"))
-    loops = [background(guest, d, f"while :; do stat {MNT}/f >/dev/null; cat {MNT}/f >/dev/null; ls {MNT}/d; done",
-                        f"loop{i}") for i in range(3)]
+    loops = [background.start(guest, f"while :; do stat {MNT}/f >/dev/null; cat {MNT}/f >/dev/null; ls {MNT}/d; done",
+                              f"loop{i}", d.wrap) for i in range(3)]
     busy = 0
     for _ in range(20):
         result = guest.run(d.wrap(d.unmount_command(MNT)), check=False)
@@ -115,27 +98,25 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
         assert "busy" in (result.stderr + result.stdout).lower(), result
     else:
         guest.run(f"umount -l {MNT}")
-    for pid in loops:
-        guest.run(f"kill {pid}", check=False)
-        assert wait_gone(guest, pid)
+    for loop in loops:
+        loop.kill()
+        assert loop.wait()
     assert mounted(guest, MNT) == ""
     fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
     assert fsck.exit_status == 0, fsck
 
 
-CYCLES = {"kernel": 300, "fuse2fs": 60, "fuse2fs-user": 60}
+CYCLES = {"kernel": 300, "fuse2fs": 60, "fuse2fs-user": 60, "fuse2fs-sandbox": 20}
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
 def test_mount_unmount_cycles(fuselab_guest, fuselab_disk, driver, record_property):
     guest, d = fuselab_guest, DRIVERS[driver]
     disk = fresh_fs(guest, fuselab_disk)
-    guest.run(f"mkdir -p {MNT} && chown {USER}: {MNT}")
+    guest.run(d.prepare_command(MNT))
     n = CYCLES[driver]
-    # The next mount waits for the last server to exit: it still holds the disk open O_EXCL.
-    settle = "while pgrep -x fuse2fs >/dev/null; do sleep 0.05; done" if d.fstype.startswith("fuse") else "true"
-    body = (f"{d.mount_command(disk.path, MNT)} && echo $i > {MNT}/last && "
-            f"{d.unmount_command(MNT)} && {settle} || exit 1")
+    # a FUSE driver's unmount command waits for its server to exit (it holds the disk O_EXCL)
+    body = f"{d.mount_command(disk.path, MNT)} && echo $i > {MNT}/last && {d.unmount_command(MNT)} || exit 1"
     result = guest.run(d.wrap(f"for i in $(seq {n}); do {body}; done"), timeout=1200)
     record_property("cycles_per_s", round(n / result.duration, 2))
     d.mount(guest, disk.path, MNT)
