@@ -66,8 +66,8 @@ class StackSpec:
         return (self.libfuse, self.e2fsprogs)
 
 
-def _source(component: str, value: str | None, patches: list[str] | str = (), options: list[str] = ()  # type: ignore[assignment]
-            ) -> Source:
+def _source(component: str, value: str | None, patches: list[str] | str | None = None,
+            options: list[str] | None = None) -> Source:
     value = value or f"debian:{COMPONENTS[component]}"
     origin, ref = (value, "")
     if not value.startswith("debian:") and "@" in value:
@@ -78,11 +78,12 @@ def _source(component: str, value: str | None, patches: list[str] | str = (), op
             raise ValueError(f"{component} source {origin} is not a directory (give a source tree, "
                              "a git repository, or debian:PACKAGE)")
         origin = str(path.resolve())
-    plist = [patches] if isinstance(patches, str) else list(patches)
+    plist = [patches] if isinstance(patches, str) else list(patches or [])
     for p in plist:
         if not Path(p).expanduser().exists():
             raise ValueError(f"{component} patch series {p} does not exist")
-    return Source(component, origin, ref, tuple(str(Path(p).expanduser().resolve()) for p in plist), tuple(options))
+    return Source(component, origin, ref, tuple(str(Path(p).expanduser().resolve()) for p in plist),
+                  tuple(options or []))
 
 
 def parse(value: str) -> StackSpec | None:
