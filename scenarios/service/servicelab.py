@@ -72,7 +72,7 @@ class Service:
         """Start the target's socket; `mode` adds an explicit, visible SocketMode= drop-in."""
         if mode:
             dropin = f"/run/systemd/system/{target.socket}.d"
-            self.guest.put(f"{dropin}/fuselab-socket-mode.conf", f"[Socket]\nSocketMode={mode}\n")
+            self.guest.put(f"{dropin}/zz-fuselab-scenario-socket-mode.conf", f"[Socket]\nSocketMode={mode}\n")
             self.sh("systemctl daemon-reload", timeout=120)
         result = self.sh(f"systemctl restart {target.socket}")
         assert result.exit_status == 0, f"{target.socket} did not start:\n{self.evidence(target.socket)}"
