@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,25 @@ def test_fuse_conf_is_set_per_run(source_lab: Lab, tmp_path: Path) -> None:
         mounted = allow_other_as_user(guest)
         assert mounted.ok, mounted
         guest.run("echo data > /tmp/m/f && runuser -u fuselab -- fusermount3 -u /tmp/m && e2fsck -fn /tmp/fs.img")
+
+
+SERVICE_STACK = "FUSELAB_TEST_SERVICE_STACK"  # a stack with the mount service (e.g. libfuse main + fuse4fs)
+
+
+def test_service_stack_and_its_socket_mode_per_run(pytestconfig: pytest.Config, tmp_path: Path) -> None:
+    """With a service stack (named by $FUSELAB_TEST_SERVICE_STACK): capabilities find the service,
+    and --fuselab-socket-mode reaches the socket units through a visible drop-in."""
+    value = os.environ.get(SERVICE_STACK)
+    if not value:
+        pytest.skip(f"set {SERVICE_STACK} to a stack with the mount service (upstream trees are not in CI)")
+    base = dataclasses.replace(pytestconfig.stash[SETTINGS_KEY], stack=value)
+    caps = capabilities.of(Lab(base, tmp_path / "a"))
+    for feature in ("mount-service", "fuservicemount3-setuid", "fuse4fs-service", "libfuse>=3.19"):
+        assert caps.has(feature), caps.missing(feature)
+    assert caps.socket_dir == "/run/filesystems" and caps.socket_units["fuse4fs.socket"]["mode"] == "0220"
+    lab = Lab(dataclasses.replace(base, socket_mode="0666"), tmp_path / "b")
+    with lab.guest() as guest:
+        assert capabilities.probe(guest).socket_units["fuse4fs.socket"]["mode"] == "0666"
+        assert "SocketMode=0666" in guest.run("systemctl cat fuse4fs.socket").stdout
+        guest.run("systemctl start fuse4fs.socket")
+        assert guest.run("stat -c %a /run/filesystems/ext4").stdout.strip() == "666"
