@@ -131,6 +131,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
         Path(args.html).write_text(matrix.page(verdicts))
         print(f"fuselab: matrix page in {args.html}")
     print("\n".join(matrix.terminal(verdicts)))
+    if args.repeat > 1:
+        from . import triage
+
+        print("\n".join(triage.fire_rates(verdicts, args.repeat)))
     breaches = [v for v in verdicts if v.verdict == "breach"]
     print(f"{len(verdicts)} verdicts: {len(breaches)} containment breaches, "
           f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings")
@@ -152,6 +156,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return stack.cli(args, stderr_progress)
 
 
+def cmd_bisect_run(args: argparse.Namespace) -> int:
+    from . import bisect
+
+    return bisect.main(args, settings_from)
+
+
 def cmd_kernel(args: argparse.Namespace) -> int:
     return kbuild.cli(args, stderr_progress)
 
@@ -169,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
     add_settings(doctor)
     stack.add_cli(sub)
     kbuild.add_cli(sub)
+    from . import bisect
+
+    bisect.add_cli(sub, add_settings)
     img = sub.add_parser("image", help="build, list or remove guest images")
     img.add_argument("action", choices=["build", "list", "clean"])
     img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
@@ -209,11 +222,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = parser().parse_known_args(argv)
+    if extra and args.subcommand == "bisect-run":
+        print(f"fuselab bisect-run: unrecognized arguments: {' '.join(extra)} (exit 125: cannot test)", file=sys.stderr)
+        return 125
     if extra and args.subcommand != "run":
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"setup": cmd_setup, "doctor": cmd_doctor, "image": cmd_image, "bench": cmd_bench,
                 "exec": cmd_exec, "shell": cmd_shell, "repro": cmd_repro, "corpus": cmd_corpus,
-                "stack": cmd_stack, "kernel": cmd_kernel}
+                "stack": cmd_stack, "kernel": cmd_kernel,
+                "bisect-run": cmd_bisect_run}
     try:
         if args.subcommand == "run":
             return cmd_run(args, extra)
