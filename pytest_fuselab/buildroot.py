@@ -8,13 +8,14 @@ argv lists through chroot(8); nothing is mounted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import proc
 from .cache import cache_dir, file_lock, require_space
@@ -66,7 +67,7 @@ class BuildRoot:
             if stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE:
                 return  # another worker did it while we waited
             progress(f"apt-get update in the build root {self.directory.name}")
-            with _resolv(self.root):
+            with resolv_conf(self.root):
                 self.apt(["update"], log)
             stamp.touch()
 
@@ -82,18 +83,16 @@ def key(suite: str, mirror: str) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-class _resolv:
+@contextlib.contextmanager
+def resolv_conf(root: Path) -> Iterator[None]:
     """The host's resolv.conf in the chroot while apt needs the network."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / "etc/resolv.conf"
-
-    def __enter__(self) -> None:
-        self.path.unlink(missing_ok=True)
-        shutil.copy("/etc/resolv.conf", self.path)
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+    path = root / "etc/resolv.conf"
+    path.unlink(missing_ok=True)
+    shutil.copy("/etc/resolv.conf", path)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def make(target: BuildRoot, mirror: str, progress: Progress) -> None:
@@ -109,7 +108,7 @@ def make(target: BuildRoot, mirror: str, progress: Progress) -> None:
     (staged.root / "etc/apt/sources.list").unlink(missing_ok=True)
     (staged.root / "etc/apt/sources.list.d/fuselab.sources").write_text(sources_text(mirror, target.suite))
     progress(f"build dependencies of {', '.join(BUILD_DEPS)} from Debian")
-    with _resolv(staged.root):
+    with resolv_conf(staged.root):
         staged.apt(["update"], log)
         staged.apt(["build-dep", "--no-install-recommends", *BUILD_DEPS], log)
     (work / "lists-updated").touch()

@@ -228,7 +228,7 @@ def export(source: Source, root: buildroot.BuildRoot, workdir: str, log: Path) -
     src = work / "src"
     package = source.debian_package
     if package:
-        with buildroot._resolv(root.root):
+        with buildroot.resolv_conf(root.root):
             root.run(["apt-get", "source", "-q", "--only-source", package], log, cwd=workdir)
         unpacked = [p for p in work.iterdir() if p.is_dir()]
         if len(unpacked) != 1:
@@ -237,8 +237,11 @@ def export(source: Source, root: buildroot.BuildRoot, workdir: str, log: Path) -
     elif source.ref:
         archive = work / "src.tar"
         with open(archive, "wb") as out:
-            subprocess.run(["git", "-C", source.origin, "archive", "--format=tar", source.ref], stdout=out,
-                           check=True)
+            done = subprocess.run(["git", "-C", source.origin, "archive", "--format=tar", source.ref], stdout=out,
+                                  stderr=subprocess.PIPE, check=False)
+        if done.returncode != 0:
+            raise ImageError(f"git archive {source.ref} in {source.origin} failed: "
+                             f"{done.stderr.decode(errors='replace')[-1000:]}")
         with tarfile.open(archive) as tar:
             tar.extractall(src, filter="tar")
         archive.unlink()
