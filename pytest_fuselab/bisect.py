@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from . import splats, triage
 from .cache import cache_dir
@@ -213,8 +214,8 @@ def add_cli(sub: argparse._SubParsersAction, add_settings: Callable[[argparse.Ar
     p.add_argument("-v", "--verbose", action="store_true", help="show the lab's progress on stderr")
     add_settings(p)
 
-    def usage_error(message: str) -> None:  # never argparse's status 2: git would call the commit bad
+    def usage_error(message: str) -> NoReturn:  # never argparse's status 2: git would call the commit bad
         print(f"fuselab bisect-run: {message} (exit {SKIP}: cannot test)", file=sys.stderr)
         raise SystemExit(SKIP)
 
-    p.error = usage_error  # type: ignore[method-assign]
+    p.error = usage_error
