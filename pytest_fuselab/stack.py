@@ -278,7 +278,7 @@ def configure_args(src: Path) -> list[str]:
 
 
 def build_libfuse(root: buildroot.BuildRoot, source: Source, log: Path, progress: Progress) -> Path:
-    src = export(source, root, "/build/libfuse", log)
+    src = root.host_path("/build/libfuse/src")
     progress(f"libfuse: meson setup and ninja ({source.describe()})")
     root.run(["meson", "setup", "/build/libfuse/build", "/build/libfuse/src", *meson_args(src, source.options)],
              log)
@@ -334,7 +334,7 @@ def private_pkgconfig(root: buildroot.BuildRoot, dest: str) -> str:
 
 
 def build_e2fsprogs(root: buildroot.BuildRoot, source: Source, log: Path, progress: Progress) -> Path:
-    src = export(source, root, "/build/e2fsprogs", log)
+    src = root.host_path("/build/e2fsprogs/src")
     pcdir = private_pkgconfig(root, "/build/libfuse/dest")
     env = {"PKG_CONFIG_PATH": pcdir, "LD_LIBRARY_PATH": f"/build/libfuse/dest/usr/{LIBDIR}"}
     progress(f"e2fsprogs: configure against the fresh fuse3.pc, make ({source.describe()})")
@@ -434,6 +434,9 @@ def _build(spec: StackSpec, root: buildroot.BuildRoot, layer: Layer, progress: P
     start = time.monotonic()
     progress(f"building stack {spec.name} in {root.directory}; log: {log}")
     shutil.rmtree(root.host_path("/build"), ignore_errors=True)
+    for source in spec.sources:  # both trees and their series first: a patch that does not apply fails fast
+        progress(f"{source.component}: source from {source.describe()}")
+        export(source, root, f"/build/{source.component}", log)
     fuse_dest = build_libfuse(root, spec.libfuse, log, progress)
     e2fs_dest = build_e2fsprogs(root, spec.e2fsprogs, log, progress)
     merge([fuse_dest, e2fs_dest], work / "layer")
