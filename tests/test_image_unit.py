@@ -87,7 +87,7 @@ def test_ensure_rebuilds_a_corrupt_image_with_a_message(tmp_path, monkeypatch):
     target.directory.mkdir(parents=True)
     (target.directory / "manifest.json").write_text("{broken")
     built, said = [], []
-    monkeypatch.setattr(image, "build", lambda rec, tgt, progress, arch: built.append(tgt) or tgt)
+    monkeypatch.setattr(image, "build", lambda rec, tgt, progress, arch, layer=None: built.append(tgt) or tgt)
     image.ensure(r, said.append)
     assert built == [target]
     assert any("unusable (manifest unreadable" in m and "rebuilding" in m for m in said)
