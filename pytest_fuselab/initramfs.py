@@ -33,6 +33,9 @@ if [ -n "$fuselab_modules" ]; then  # a foreign kernel's modules come on a disk 
 fi
 if [ -d /fuselab ]; then  # the lab's guest programs travel in their own initramfs layer
     mkdir -p /newroot/usr/local/sbin /newroot/usr/local/lib/fuselab
+    mkdir -p /newroot/var/lib/fuselab/cores /newroot/etc/sysctl.d && chmod 1777 /newroot/var/lib/fuselab/cores
+    # core dumps of FUSE servers land there, sandboxed or not (replaces Debian's "core" in the cwd)
+    echo "kernel.core_pattern=/var/lib/fuselab/cores/core.%e.%p" > /newroot/etc/sysctl.d/10-coredump-debian.conf
     cp /fuselab/* /newroot/usr/local/lib/fuselab/
     cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent && chmod 755 /newroot/usr/local/sbin/fuselab-agent
 fi

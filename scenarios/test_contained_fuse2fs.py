@@ -63,9 +63,9 @@ def open_as_server(guest, pid: str, path: str):
     uid, gid, groups = status["Uid"].split()[0], status["Gid"].split()[0], ",".join(status["Groups"].split())
     cgroup = guest.run(f"cat /proc/{pid}/cgroup").stdout.strip().partition("::")[2]
     assert "fuselab-fs-" in cgroup, f"fuse2fs is not in a unit of its own: {cgroup}"
-    probe = f"import os; os.open('{path}', os.O_RDONLY)"
-    return guest.run(f"sh -c 'echo $$ > /sys/fs/cgroup{cgroup}/cgroup.procs && exec setpriv --reuid {uid} "
-                     f"--regid {gid} --groups {groups} python3 -S -c \"{probe}\"'", check=False)
+    script = ('echo $$ > "$1/cgroup.procs" && exec setpriv --reuid "$2" --regid "$3" --groups "$4" '
+              'python3 -S -c "import os, sys; os.open(sys.argv[1], os.O_RDONLY)" "$5"')
+    return guest.run(["sh", "-c", script, "probe", f"/sys/fs/cgroup{cgroup}", uid, gid, groups, path], check=False)
 
 
 def test_the_server_can_open_its_own_disk_and_no_other(contained):

@@ -106,7 +106,7 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
     assert fsck.exit_status == 0, fsck
 
 
-CYCLES = {"kernel": 300, "fuse2fs": 60, "fuse2fs-user": 60, "fuse2fs-sandbox": 20}
+CYCLES = {"kernel": 300, "fuse2fs": 40, "fuse2fs-user": 40, "fuse2fs-sandbox": 15}
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))

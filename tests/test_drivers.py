@@ -116,7 +116,8 @@ def test_real_server_fates(fuselab_guest, fuselab_disk, driver):
     assert server_fate(guest, MNT) == ""  # still running
     guest.run("pkill -ABRT -x fuse2fs")
     background.wait_for_path(guest, fate_path(MNT), seconds=20)
-    assert server_fate(guest, MNT).startswith("killed by SIGABRT"), server_fate(guest, MNT)
+    assert server_fate(guest, MNT) == "killed by SIGABRT (core dumped)"
+    assert guest.run("ls /var/lib/fuselab/cores").stdout.startswith("core.fuse2fs.")
     guest.run(f"umount {MNT}")
     assert mounted(guest, MNT) == ""
     d.mount(guest, disk.path, MNT)
