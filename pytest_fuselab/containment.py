@@ -68,13 +68,14 @@ def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdic
     # syzbot's options are kernel mount options: fuse2fs gets none of them
     mount = driver.mount_command(device, MNT, "" if driver.fuse else options)
     v.steps.append(step(guest, driver, "mount", mount))
+    kept = driver.fuse and not driver.service  # a server whose fate the lab records
     if v.steps[-1].status != 0:
-        if driver.fuse:
+        if kept:
             v.server = server_fate(guest, MNT) or "-"
         return
     for name, command in (("walk", WALK), ("modify", MODIFY)):
         v.steps.append(step(guest, driver, name, command))
-        fate = server_fate(guest, MNT) if driver.fuse and v.server == "-" else ""
+        fate = server_fate(guest, MNT) if kept and v.server == "-" else ""
         if fate:
             v.server = f"{fate} during {name}"
     unmount = step(guest, driver, "unmount", driver.unmount_command(MNT), as_user=bool(driver.user))
@@ -82,7 +83,7 @@ def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdic
         v.stuck_mount = True
         guest.run(f"umount -l {MNT}", check=False, timeout=30)
     v.steps.append(unmount)
-    if driver.fuse and v.server == "-":
+    if kept and v.server == "-":
         v.server = server_fate(guest, MNT) or "still running after the unmount"
     v.steps.append(step(guest, driver, "fsck", f"e2fsck -fn {device}", as_user=False))
 

@@ -21,13 +21,18 @@ class Driver:
 
     `user` runs the FUSE server as that account (mounting through setuid fusermount3);
     `sandboxed` mounts as root and hands the connection to fuse2fs running in a transient
-    systemd unit sandboxed like fuse4fs@.service (see guest_fuseserver.py).  Every FUSE server
-    runs under a keeper that records its fate: exit status, signal, core dump."""
+    systemd unit sandboxed like fuse4fs@.service (see guest_fuseserver.py); `service` mounts
+    through libfuse's mount service (fuservicemount3 and the stack's socket-activated fuse4fs@).
+    The lab's own FUSE servers run under a keeper that records their fate: exit status, signal,
+    core dump.  `needs` names the capability (capabilities.py) the guest's stack must have."""
 
     name: str
     fstype: str  # what findmnt reports once mounted
     user: str | None = None
     sandboxed: bool = False
+    service: bool = False
+    server: str = "fuse2fs"  # the FUSE server's process name
+    needs: str = ""
 
     @property
     def fuse(self) -> bool:
@@ -47,6 +52,8 @@ class Driver:
     def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
         if not self.fuse:
             return f"mount -t ext4{f' -o {options}' if options else ''} {device} {mountpoint}"
+        if self.service:
+            return f"fuservicemount3 {device} {mountpoint} -t ext4" + (f" -o {options}" if options else "")
         fate = fate_path(mountpoint)
         if self.sandboxed:
             return f"{FUSESERVER} sandbox --fate {fate} {device} {mountpoint}" + (f" -o {options}" if options else "")
@@ -57,6 +64,9 @@ class Driver:
     def unmount_command(self, mountpoint: str) -> str:
         """Unmount, and for a FUSE driver wait until its server has exited (and flushed)."""
         umount = f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
+        if self.service:  # the instance belongs to systemd: wait for its process to go
+            return (f"{umount} && (for i in $(seq 600); do pgrep -x {self.server} >/dev/null || exit 0; "
+                    f"sleep 0.05; done; echo '{self.server} still runs 30 s after the unmount' >&2; exit 1)")
         return f"{umount} && {FUSESERVER} wait --fate {fate_path(mountpoint)}" if self.fuse else umount
 
     def try_mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
@@ -84,9 +94,12 @@ DRIVERS = {
     "fuse2fs": Driver("fuse2fs", "fuse.ext4"),
     "fuse2fs-user": Driver("fuse2fs-user", "fuse.ext4", user=USER),
     "fuse2fs-sandbox": Driver("fuse2fs-sandbox", "fuse.ext4", sandboxed=True),
+    "fuse4fs-service": Driver("fuse4fs-service", "fuseblk.ext4", service=True, server="fuse4fs",
+                              needs="fuse4fs-service"),
 }
 
 FUSE_DRIVERS = [name for name, driver in DRIVERS.items() if driver.fuse]
+KEPT_DRIVERS = [name for name, driver in DRIVERS.items() if driver.fuse and not driver.service]  # fates known
 
 
 def fate_path(mountpoint: str) -> str:

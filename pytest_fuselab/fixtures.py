@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from . import capabilities
+from .drivers import DRIVERS
 from .errors import FuselabError
 from .guest import Disk, Guest, create_overlay
 from .lab import Lab
@@ -40,6 +42,7 @@ def fuselab_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 def _start(lab: Lab, request: pytest.FixtureRequest, suffix: str = "") -> Guest:
     """A restored guest registered with the test, so the plugin judges its health."""
+    _require_drivers(lab, request)
     rundir = lab.rundir(_safe_name(request.node.name) + suffix)
     try:
         guest = lab.guest(rundir)
@@ -47,6 +50,14 @@ def _start(lab: Lab, request: pytest.FixtureRequest, suffix: str = "") -> Guest:
         pytest.fail(f"fuselab could not start a guest: {exc}", pytrace=False)
     request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
     return guest
+
+
+def _require_drivers(lab: Lab, request: pytest.FixtureRequest) -> None:
+    """Skip a test parametrised with a driver the image's stack lacks, naming what is missing."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    needs = [DRIVERS[v].needs for v in params.values() if isinstance(v, str) and v in DRIVERS and DRIVERS[v].needs]
+    if needs:
+        capabilities.require(lab, *needs)
 
 
 def _stop(lab: Lab, request: pytest.FixtureRequest, guests: list[Guest]) -> None:

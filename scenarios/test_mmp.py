@@ -59,7 +59,7 @@ def check_refused(contender_guest, contender, device, holder):
 
 PAIRS = [("kernel", "kernel", 5), ("kernel", "kernel", 10), ("kernel", "fuse2fs", 5),
          ("fuse2fs", "kernel", 5), ("fuse2fs", "fuse2fs", 5), ("fuse2fs-user", "kernel", 5),
-         ("fuse2fs-sandbox", "kernel", 5)]
+         ("fuse2fs-sandbox", "kernel", 5), ("fuse4fs-service", "kernel", 5)]
 
 
 @pytest.mark.parametrize("holder,contender,interval", PAIRS,

@@ -30,7 +30,7 @@ def test_server_killed_mid_write(fuselab_guest, fuselab_disk, driver):
     d.mount(guest, disk.path, MNT)
     writer = background.start(guest, f"dd if=/dev/zero of={MNT}/big bs=64k count=100000", "writer", d.wrap)
     time.sleep(2)
-    guest.run("pkill -KILL -x fuse2fs")
+    guest.run(f"pkill -KILL -x {d.server}")
     assert writer.wait(), "the writer did not notice that its server died"
     out = writer.output()
     assert "Transport endpoint is not connected" in out or "Software caused connection abort" in out, out
@@ -38,7 +38,7 @@ def test_server_killed_mid_write(fuselab_guest, fuselab_disk, driver):
     assert ls.exit_status != 0 and "Transport endpoint is not connected" in ls.stderr, ls
     d.unmount(guest, MNT)
     assert mounted(guest, MNT) == ""
-    assert server_fate(guest, MNT) == "killed by SIGKILL"
+    assert d.service or server_fate(guest, MNT) == "killed by SIGKILL"
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))
@@ -55,7 +55,7 @@ def test_lazy_unmount_with_open_files_and_io(fuselab_guest, fuselab_disk, driver
     assert writer.running(), "the writer died when its mount was detached"
     writer.kill()
     assert writer.wait()
-    if d.fuse:
+    if d.fuse and not d.service:
         deadline = time.monotonic() + 30
         while not server_fate(guest, MNT) and time.monotonic() < deadline:
             time.sleep(0.3)
@@ -106,7 +106,7 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
     assert fsck.exit_status == 0, fsck
 
 
-CYCLES = {"kernel": 300, "fuse2fs": 40, "fuse2fs-user": 40, "fuse2fs-sandbox": 15}
+CYCLES = {"kernel": 300, "fuse2fs": 40, "fuse2fs-user": 40, "fuse2fs-sandbox": 15, "fuse4fs-service": 15}
 
 
 @pytest.mark.parametrize("driver", list(DRIVERS))

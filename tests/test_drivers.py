@@ -12,7 +12,7 @@ import pytest
 
 from pytest_fuselab import background
 from pytest_fuselab.channel import Result
-from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, fate_path, mounted, server_fate
+from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, KEPT_DRIVERS, fate_path, mounted, server_fate
 
 GUEST_PROGRAM = Path(__file__).resolve().parent.parent / "pytest_fuselab" / "guest_fuseserver.py"
 
@@ -38,7 +38,9 @@ class FakeGuest:
 
 
 def test_fuse_drivers_and_fate_paths():
-    assert FUSE_DRIVERS == ["fuse2fs", "fuse2fs-user", "fuse2fs-sandbox"]
+    assert FUSE_DRIVERS == ["fuse2fs", "fuse2fs-user", "fuse2fs-sandbox", "fuse4fs-service"]
+    assert KEPT_DRIVERS == ["fuse2fs", "fuse2fs-user", "fuse2fs-sandbox"]
+    assert DRIVERS["fuse4fs-service"].mount_command("/dev/vdb", "/mnt/x") == "fuservicemount3 /dev/vdb /mnt/x -t ext4"
     assert fate_path("/mnt/hostile") == "/run/fuselab/servers/mnt-hostile.json"
     assert "fakeroot" in DRIVERS["fuse2fs-user"].mount_command("/dev/vdb", "/mnt/x")
     assert "fakeroot" not in DRIVERS["fuse2fs"].mount_command("/dev/vdb", "/mnt/x")
@@ -106,7 +108,7 @@ MNT = "/mnt/fate"
 
 
 @pytest.mark.guest
-@pytest.mark.parametrize("driver", FUSE_DRIVERS)
+@pytest.mark.parametrize("driver", KEPT_DRIVERS)
 def test_real_server_fates(fuselab_guest, fuselab_disk, driver):
     """Mount, crash the server with SIGABRT: its fate says so; unmount works; a clean run exits 0."""
     guest, d = fuselab_guest, DRIVERS[driver]
@@ -126,7 +128,7 @@ def test_real_server_fates(fuselab_guest, fuselab_disk, driver):
 
 
 @pytest.mark.guest
-@pytest.mark.parametrize("driver", FUSE_DRIVERS)
+@pytest.mark.parametrize("driver", KEPT_DRIVERS)
 def test_a_server_that_refuses_its_disk_fails_the_mount_with_its_words(fuselab_guest, fuselab_disk, driver):
     guest, d = fuselab_guest, DRIVERS[driver]
     disk = fuselab_disk("64M")  # all zeros: no filesystem on it
