@@ -120,3 +120,12 @@ def test_init_mounts_the_modules_disk_before_switch_root():
     script = initramfs.INIT_SCRIPT
     assert script.index('mount -t ext4 -o ro "$m" /newroot/lib/modules/$v') < script.index("switch_root")
     assert f"fuselab_modules={kernel.MODULES_SERIAL}".split("=")[1] == "fuselab-modules"
+
+
+def test_fuselab_exec_refuses_the_kernel_with_the_option_name(tmp_path, capsys):
+    from pytest_fuselab.cli import main
+
+    t = tree(tmp_path / "linux", GOOD.replace("CONFIG_FUSE_FS=y", "# CONFIG_FUSE_FS is not set"))
+    assert main(["exec", "--kernel", str(t), "true"]) == 2
+    err = capsys.readouterr().err
+    assert "CONFIG_FUSE_FS is not set (every FUSE driver" in err and "lacks what the lab needs" in err

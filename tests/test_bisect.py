@@ -1,0 +1,173 @@
+"""`fuselab bisect-run`: verdicts from scenario results, statuses git understands, and a real
+`git bisect run` over a repository whose commits carry Debian's prebuilt kernels."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import pytest
+
+from pytest_fuselab import bisect, triage
+from pytest_fuselab.cli import main
+
+JUNIT = """<?xml version="1.0"?><testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>"""
+
+
+def junit(tmp_path: Path, *cases: str) -> Path:
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT.format(cases="".join(cases)))
+    return path
+
+
+def case(name: str, inner: str = "", splats: list[str] | None = None) -> str:
+    props = ""
+    if splats is not None:
+        value = quoteattr(json.dumps({"splats": splats}))
+        props = f'<properties><property name="fuselab" value={value}/></properties>'
+    return f'<testcase classname="test_x" name="{name}">{props}{inner}</testcase>'
+
+
+def test_all_passed_is_good(tmp_path):
+    step = bisect.judge_junit(junit(tmp_path, case("a"), case("b")), None)
+    assert (step.status, step.why) == (bisect.GOOD, "2 passed")
+
+
+def test_a_failure_is_bad_and_carries_the_splat_title(tmp_path):
+    failed = case("a", '<failure message="guest did not survive">WARNING in fuse_abort_conn</failure>',
+                  ["WARNING in fuse_abort_conn.constprop.0"])
+    step = bisect.judge_junit(junit(tmp_path, failed, case("b")), None)
+    assert step.status == bisect.BAD and step.titles == ["WARNING in fuse_abort_conn"]
+    assert step.line("abc123 fix", 12.3).split() [:4] == ["abc123", "fix", "bad", "WARNING"]
+
+
+def test_a_pattern_makes_only_matching_splats_bad(tmp_path):
+    failed = case("a", '<failure message="x">boom</failure>', ["INFO: task hung in fuse_flush"])
+    assert bisect.judge_junit(junit(tmp_path, failed), r"^KASAN").status == bisect.GOOD
+    step = bisect.judge_junit(junit(tmp_path, failed), r"hung in fuse_")
+    assert step.status == bisect.BAD and step.titles == ["INFO: task hung in fuse_flush"]
+
+
+def test_lab_failures_and_empty_runs_cannot_test(tmp_path):
+    lab = case("a", '<failure message="fuselab could not start a guest: boot failed"/>')
+    assert bisect.judge_junit(junit(tmp_path, lab), None).status == bisect.SKIP
+    skipped = case("a", '<skipped message="lacks the series"/>')
+    assert bisect.judge_junit(junit(tmp_path, skipped), None).status == bisect.SKIP
+
+
+def test_statuses_are_only_0_1_125(tmp_path, monkeypatch, capsys):
+    assert main(["bisect-run", "--tree", str(tmp_path), "x.py"]) == 125  # not a kernel tree
+    assert main(["bisect-run", "--tree", str(tmp_path), "--no-such-flag"]) == 125  # usage errors too
+    with pytest.raises(SystemExit) as exc:
+        main(["bisect-run", "--tree", str(tmp_path), "--cpus", "x", "--nice", "y"])
+    assert exc.value.code == 125
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(bisect, "run_step", boom)
+    (tmp_path / "Makefile").write_text("all:\n")
+    assert main(["bisect-run", "--tree", str(tmp_path), "x.py"]) == 125
+    assert "lab error: RuntimeError: unexpected" in capsys.readouterr().out
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bisect, "run_step", interrupted)
+    assert main(["bisect-run", "--tree", str(tmp_path), "x.py"]) == 130  # stops `git bisect run`
+
+
+def test_titles_deduplicate_across_runs():
+    class Run:
+        def __init__(self, verdict: str, splats: list[str]) -> None:
+            self.image, self.driver, self.verdict, self.splats = "img#0", "kernel", verdict, splats
+
+    runs = [Run("finding", ["KASAN: use-after-free Read in ext4_xattr_get.isra.0"]),
+            Run("clean", []),
+            Run("finding", ["KASAN: use-after-free Read in ext4_xattr_get", "WARNING in ext4_evict_inode"])]
+    assert triage.fire_rates(runs, 3) == ["img#0  kernel: fired 2 of 3  KASAN: use-after-free Read in "
+                                          "ext4_xattr_get (x2); WARNING in ext4_evict_inode (x1)"]
+
+
+# -- a real bisect ----------------------------------------------------------------------------
+
+GOOD_KERNEL = ("6.18.15+deb13-cloud-amd64", "trixie-backports")  # before the case-folding series
+BAD_KERNEL = ("7.2.12+deb13-cloud-amd64", "trixie-backports")  # with it: FAT answers FS_IOC_FSGETXATTR
+SCENARIO = '''
+import errno, pytest
+
+def test_fat_has_no_fileattr(fuselab_guest):
+    """The old behaviour: FAT has no fileattr_get, FS_IOC_FSGETXATTR fails with ENOTTY."""
+    fuselab_guest.run("modprobe vfat && modprobe loop && truncate -s 8M /tmp/f && mkfs.vfat /tmp/f >/dev/null "
+                      "&& mkdir /mnt/f && mount -o loop /tmp/f /mnt/f")
+    r = fuselab_guest.run(["python3", "-c", "import fcntl, os; fcntl.ioctl(os.open('/mnt/f', 0), 0x801C581F, bytes(28))"],
+                          check=False)
+    assert "Inappropriate ioctl" in r.stderr, f"FS_IOC_FSGETXATTR on vfat answered: {r}"
+'''
+TREE_MAKEFILE = """# a stand-in for a kernel tree: its modules come prebuilt from Debian's package
+modules_install:
+\tmkdir -p $(INSTALL_MOD_PATH)/lib/modules
+\tcp -a {modules} $(INSTALL_MOD_PATH)/lib/modules/
+\tdepmod -b $(INSTALL_MOD_PATH) {release}
+"""
+
+
+def commit(repo: Path, kernel, message: str, broken: bool = False) -> str:
+    """A commit whose tree looks like a built kernel tree carrying `kernel` (a DebianKernel)."""
+    boot = repo / "arch/x86/boot"
+    boot.mkdir(parents=True, exist_ok=True)
+    for link, target in ((boot / "bzImage", kernel.bzimage), (repo / ".config", kernel.config),
+                         (repo / "modules.order", kernel.modules / "modules.order")):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    if broken:  # the decompressor finds half a kernel: the machine resets before any console output
+        (boot / "bzImage").unlink()
+        (boot / "bzImage").write_bytes(kernel.bzimage.read_bytes()[:2_000_000])
+    (repo / "Makefile").write_text(TREE_MAKEFILE.format(modules=kernel.modules, release=kernel.release))
+    (repo / "NOTES").write_text(f"{message}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "lab", "GIT_AUTHOR_EMAIL": "lab@example.org",
+           "GIT_COMMITTER_NAME": "lab", "GIT_COMMITTER_EMAIL": "lab@example.org"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout
+
+
+@pytest.mark.guest
+def test_git_bisect_run_finds_the_first_bad_kernel_and_skips_a_broken_one(tmp_path):
+    from pytest_fuselab import debkernel
+
+    start = time.monotonic()
+    good, bad = debkernel.fetch(*GOOD_KERNEL), debkernel.fetch(*BAD_KERNEL)
+    fetched = time.monotonic() - start
+    repo = tmp_path / "linux"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    shas = [commit(repo, good, "good 1"), commit(repo, good, "good 2"), commit(repo, good, "good 3"),
+            commit(repo, good, "broken kernel", broken=True), commit(repo, good, "good 4"),
+            commit(repo, bad, "FAT reports case folding"), commit(repo, bad, "bad 2")]
+    scenario = tmp_path / "scenario" / "test_fat_fileattr.py"
+    scenario.parent.mkdir()
+    scenario.write_text(SCENARIO)
+    git(repo, "bisect", "start", shas[-1], shas[0])
+    run = subprocess.run(["git", "-C", str(repo), "bisect", "run", sys.executable, "-m", "pytest_fuselab.cli",
+                          "bisect-run", str(scenario), "--watchdog", "20"],
+                         capture_output=True, text=True, timeout=1800)
+    log = git(repo, "bisect", "log")
+    print(run.stdout, run.stderr, log, f"fetch {fetched:.0f}s, total {time.monotonic() - start:.0f}s", sep="\n")
+    assert f"{shas[5]} is the first bad commit" in run.stdout, run.stdout + run.stderr
+    assert f"git bisect skip {shas[3]}" in log
+    steps = [line for line in run.stdout.splitlines() if re.match(r"^[0-9a-f]{7,} ", line)]
+    verdicts = {line.split()[0]: line for line in steps}
+    assert "skip" in verdicts[shas[3][:len(steps[0].split()[0])]] and "boot failed" in run.stdout
+    assert re.search(r"FAT reports case folding\s+bad\s", run.stdout)
