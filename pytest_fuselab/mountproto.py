@@ -721,6 +721,17 @@ def _open_wrong_type(h: HelperSession) -> dict[str, Any]:
     return h.serve_requests(sock_fd)
 
 
+def _argv_no_nul(h: HelperSession) -> dict[str, Any]:
+    """FILE "argv" whose name lacks its NUL, then the rest of an honest conversation."""
+    h.hello()
+    argv_fd = memfd_with(encode_args(h.argv))
+    h.send(encode(FILE_REPLY, h.channel.dialect, ARGV_NAME, nul=False), [argv_fd], note="argv without NUL")
+    os.close(argv_fd)
+    h.fusedev = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    h.send_file(FUSEDEV_NAME, [h.fusedev])
+    return h.serve_requests()
+
+
 HELPER_ATTACKS: dict[str, HelperAttack] = {
     "good": _good,
     "refuse_all": _refuse_all,
@@ -740,8 +751,7 @@ HELPER_ATTACKS: dict[str, HelperAttack] = {
                                                                  os.open("/dev/null", os.O_RDONLY)]),
                                h.answer())[-1],
     "argv_error": lambda h: (h.hello(), h.send_file(ARGV_NAME, [], error=errno.EIO), h.answer())[-1],
-    "argv_no_nul": _raw_after_hello(encode(FILE_REPLY, MAIN, ARGV_NAME, nul=False),
-                                    lambda: [memfd_with(encode_args(["ext4"]))]),
+    "argv_no_nul": _argv_no_nul,
     "argv_unknown_command": _raw_after_hello(b"ZZZZ" + bytes(12)),
     "argv_is_socket": _file_fd(lambda: os.dup(socket.socketpair()[0].fileno()), ARGV_NAME),
     "argv_is_devnull": _file_fd(_dev("/dev/null"), ARGV_NAME),

@@ -50,6 +50,11 @@ def judge(service, target, attack, result, transcript):
     return why
 
 
+# Accepted by libfuse main's server (lenient but bounded): it reads the name into a zeroed buffer
+# one byte longer than the packet, so a FILE "argv" without its NUL still matches "argv".
+ACCEPTED = {"argv_no_nul"}
+
+
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_only_the_instance_fails(shared_service, attack):
     service = shared_service
@@ -57,7 +62,12 @@ def test_only_the_instance_fails(shared_service, attack):
     service.start(target)
     source = make_source(service, target)
     result, transcript = drive(service, target, attack, source)
-    judge(service, target, attack, result, transcript)
+    if attack in ACCEPTED:
+        mounted = MNT in service.fuse_mounts()
+        service.sh(f"umount {MNT}")
+        assert mounted, "\n".join(json.dumps(e) for e in transcript) + service.evidence(target.unit + "@*")
+    else:
+        judge(service, target, attack, result, transcript)
     # The socket still serves: an honest client mounts right after.
     service.sh(f"mkdir -p {MNT}")
     after = service.sh(f"timeout 120 fuservicemount3 {source} {MNT} -t {target.subtype}", timeout=150)
