@@ -16,7 +16,9 @@ from pytest_fuselab import capabilities, stack
 from pytest_fuselab.keys import SETTINGS_KEY
 from pytest_fuselab.lab import Lab
 
-pytestmark = pytest.mark.guest
+# Cold, the first test builds the build root, the stack and its image: far more than the suite's
+# per-test timeout on a loaded 2-core machine.
+pytestmark = [pytest.mark.guest, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
