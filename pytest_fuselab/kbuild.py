@@ -78,9 +78,10 @@ def make(tree: Path, args: list[str], log: Path, progress: Progress | None = Non
                     progress(f"[{last - start:5.0f}s] {steps} build steps, now {match.group(1)} {match.group(2)}")
         status = child.wait()
     if status != 0:
-        failed = [m.group(2) for line in tail if (m := ERROR.search(line))]
-        raise BuildError(f"`{' '.join(argv)}` failed with status {status}"
-                         + (f" building {failed[0]}" if failed else "") + f" (full log: {log}); last lines:\n"
+        failed = [m.group(2).rsplit(": ", 1) for line in tail if (m := ERROR.search(line))]
+        where = f" building {failed[0][-1]}" + (f" (rule at {failed[0][0]})" if len(failed[0]) == 2 else "") \
+            if failed else ""
+        raise BuildError(f"`{' '.join(argv)}` failed with status {status}{where} (full log: {log}); last lines:\n"
                          + "\n".join(tail[-25:]))
 
 
