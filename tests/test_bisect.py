@@ -171,3 +171,21 @@ def test_git_bisect_run_finds_the_first_bad_kernel_and_skips_a_broken_one(tmp_pa
     verdicts = {line.split()[0]: line for line in steps}
     assert "skip" in verdicts[shas[3][:len(steps[0].split()[0])]] and "boot failed" in run.stdout
     assert re.search(r"FAT reports case folding\s+bad\s", run.stdout)
+
+
+@pytest.mark.guest
+def test_repro_repeat_says_how_often_each_reproducer_fired(tmp_path):
+    good = tmp_path / "good.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", str(good), "8M"], check=True)
+    syz = Path(__file__).parent / "data" / "repro" / "syz_mount_image_ext4_40.syz"
+    out = subprocess.run([sys.executable, "-m", "pytest_fuselab.cli", "repro", str(syz), str(good), "--driver",
+                          "kernel", "--repeat", "2", "--json", str(tmp_path / "v.jsonl")],
+                         capture_output=True, text=True, timeout=900)
+    verdicts = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 4, out.stdout + out.stderr
+    assert "good.img#0  kernel: fired 0 of 2  -" in out.stdout.splitlines()
+    fired = sum(v["verdict"] == "finding" for v in verdicts if v["image"].startswith("syz_"))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("syz_mount_image_ext4_40.syz#0  kernel: fired"))
+    assert line.startswith(f"syz_mount_image_ext4_40.syz#0  kernel: fired {fired} of 2"), line
+    for title in triage.unique(t for v in verdicts for t in v["splats"]):
+        assert title in line
