@@ -80,6 +80,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    settings = settings_from(args)
+    if settings.stack != "debian":  # built here, not inside the first test (and its timeout)
+        base, layer = stack.image_inputs(recipe.load(settings.image), settings.stack, stderr_progress)
+        image.ensure(base, stderr_progress, layer=layer)
     argv = [str(p) for p in (args.paths or [SCENARIOS_DIR])]
     argv += [f"--junitxml={results / 'junit.xml'}", "-o", "junit_family=legacy", "-rfEs", "-p", "no:cacheprovider"]
     argv += [f"--fuselab-{name.replace('_', '-')}={value}" for name, value in vars(args).items()
