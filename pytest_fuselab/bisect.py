@@ -69,6 +69,8 @@ def boot(settings: Settings, workdir: Path, progress: Progress, pattern: str | N
     lab = Lab(settings, workdir, progress)
     try:
         found = lab.foreign  # resolves the kernel and checks its config: refused kernels cannot be tested
+        if found is not None:  # what this step's kernel alone uses: gone after the step
+            made.extend(p for p in (found.disk, lab.initrd) if p is not None)
         made.append(snapshot_for(lab.spec, lab.image.base).directory)
         progress(f"{found.describe() if found else 'the image kernel'}: snapshot {lab.snapshot.directory}")
     except SettingError as exc:
@@ -195,8 +197,11 @@ def main(args: argparse.Namespace, settings_from: Callable[[argparse.Namespace],
     except BaseException as exc:  # noqa: B036 - a lab error must never become a verdict git misreads
         step = Step(SKIP, f"lab error: {type(exc).__name__}: {first_line(exc)}")
     finally:
-        for directory in made if not args.keep_snapshot else []:
-            shutil.rmtree(directory, ignore_errors=True)
+        for path in made if not args.keep_snapshot else []:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     print(step.line(commit, time.monotonic() - start), flush=True)
     return step.status if step.status in (GOOD, BAD, SKIP) else SKIP
 
@@ -210,7 +215,8 @@ def add_cli(sub: argparse._SubParsersAction, add_settings: Callable[[argparse.Ar
     p.add_argument("--nice", type=int, default=0, help="with --build: run make under nice -n N")
     p.add_argument("--splat-pattern", metavar="RE", help="bad only when a splat title matches RE")
     p.add_argument("--repro", action="append", metavar="FILE", help="run this reproducer instead of scenarios")
-    p.add_argument("--keep-snapshot", action="store_true", help="keep the booted-guest snapshot of this step")
+    p.add_argument("--keep-snapshot", action="store_true",
+                   help="keep this step's booted-guest snapshot, modules disk and initramfs")
     p.add_argument("-v", "--verbose", action="store_true", help="show the lab's progress on stderr")
     add_settings(p)
 

@@ -43,7 +43,10 @@ class Lab:
     @functools.cached_property
     def foreign(self) -> kernel.Kernel | None:
         """The kernel the settings name, with its modules and checked config (None: the image's)."""
-        return kernel.locate(self.settings.kernel, self.settings.modules, self.progress)
+        found = kernel.locate(self.settings.kernel, self.settings.modules, self.progress)
+        if found is not None:
+            self.progress(found.describe())
+        return found
 
     @property
     def kernel(self) -> Path:
