@@ -110,8 +110,6 @@ OPTIONS = [
     Option("image", "guest image recipe: a name in images/ or a .toml path", "sid", str, "NAME"),
     Option("kernel", "boot this kernel instead of the image's Debian kernel: a bzImage file or a kernel build "
            "tree (its arch/x86/boot/bzImage and modules)", "", _kernel, "PATH"),
-    Option("modules", "the kernel's modules: a directory filled by make modules_install INSTALL_MOD_PATH=DIR, "
-           "or DIR/lib/modules/<release>", "", _modules, "DIR"),
     Option("accel", "acceleration: auto (probe KVM, else TCG), kvm or tcg", "auto",
            _choice("auto", "kvm", "tcg"), "auto|kvm|tcg"),
     Option("memory", "guest memory in MiB", "1024", _positive_int, "MIB"),
@@ -132,6 +130,8 @@ OPTIONS = [
            _socket_mode, "OCTAL"),
     Option("fuse_conf", "/etc/fuse.conf in each guest, e.g. user_allow_other,mount_max=3", "", _fuse_conf,
            "OPTS"),
+    Option("modules", "the kernel's modules: a directory filled by make modules_install INSTALL_MOD_PATH=DIR, "
+           "or DIR/lib/modules/<release>", "", _modules, "DIR"),
 ]
 
 
