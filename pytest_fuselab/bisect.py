@@ -188,8 +188,9 @@ def main(args: argparse.Namespace, settings_from: Callable[[argparse.Namespace],
         if args.kernel is None and os.environ.get("FUSELAB_KERNEL") is None:
             args.kernel = str(tree)
         settings = settings_from(args)
-        flags = [f"--fuselab-{o}={v}" for o, v in (("kernel", args.kernel), ("modules", args.modules),
-                                                   ("accel", args.accel), ("image", args.image)) if v]
+        from .settings import OPTIONS
+
+        flags = [f"{o.flag}={getattr(args, o.name)}" for o in OPTIONS if getattr(args, o.name, None) is not None]
         step = run_step(args, settings, flags, progress, made)
     except KeyboardInterrupt:
         print(f"{commit}  interrupted: stopping the bisect (exit {STOP})", flush=True)
