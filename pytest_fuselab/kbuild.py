@@ -74,6 +74,7 @@ def make(tree: Path, args: list[str], log: Path, progress: Progress | None = Non
             if match := STEP.match(line):
                 steps += 1
                 if progress and time.monotonic() - last >= 5:
+                    out.flush()  # so that the log can be followed as it grows
                     last = time.monotonic()
                     progress(f"[{last - start:5.0f}s] {steps} build steps, now {match.group(1)} {match.group(2)}")
         status = child.wait()
