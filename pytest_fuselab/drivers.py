@@ -94,7 +94,7 @@ DRIVERS = {
     "fuse2fs": Driver("fuse2fs", "fuse.ext4"),
     "fuse2fs-user": Driver("fuse2fs-user", "fuse.ext4", user=USER),
     "fuse2fs-sandbox": Driver("fuse2fs-sandbox", "fuse.ext4", sandboxed=True),
-    "fuse4fs-service": Driver("fuse4fs-service", "fuseblk.ext4", service=True, server="fuse4fs",
+    "fuse4fs-service": Driver("fuse4fs-service", "fuse.ext4", service=True, server="fuse4fs",
                               needs="fuse4fs-service"),
 }
 
