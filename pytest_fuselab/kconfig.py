@@ -42,6 +42,7 @@ NEEDS = [
     Need("VIRTIO_BLK", "the root disk, the modules disk and scenario disks are virtio-blk", "initramfs"),
     Need("EXT4_FS", "the root filesystem is ext4", "initramfs"),
     Need("VIRTIO_CONSOLE", "the lab's agent talks over virtio-serial", "boot"),
+    Need("HOTPLUG_PCI_ACPI", "fuselab_disk hot-plugs virtio disks (ACPI PCI hot-plug on the pc machine)", "boot"),
     Need("CGROUPS", "systemd needs cgroups (v2)", "boot"),
     Need("INOTIFY_USER", "systemd needs inotify", "boot"),
     Need("SIGNALFD", "systemd needs signalfd", "boot"),
