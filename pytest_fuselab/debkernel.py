@@ -67,6 +67,29 @@ def packages_for(release: str, index: str) -> dict[str, str]:
                      f"(found: {', '.join(sorted(found)) or 'nothing'})")
 
 
+def release_key(release: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", release.split("+")[0].split("-")[0]))
+
+
+def newest(suite: str, pattern: str, mirror: str | None = None) -> str:
+    r"""The newest release in `suite` matching `pattern` (e.g. r"6\.18\.\d+\+deb13-cloud-amd64")
+    whose packages are complete: pinned versions leave the archive, series stay."""
+    from .image import host_mirror
+
+    index = versions.fetch_index((mirror or host_mirror()).rstrip("/"), suite, timeout=120)
+    found: set[str] = set(re.findall(rf"^Package: linux-(?:image|binary)-({pattern})$", index, re.M))
+    complete: list[str] = []
+    for release in found:
+        try:
+            packages_for(release, index)
+            complete.append(release)
+        except ImageError:
+            continue
+    if not complete:
+        raise ImageError(f"no complete kernel matching {pattern!r} in {suite}")
+    return max(complete, key=release_key)
+
+
 def fetch(release: str, suite: str, progress: Progress = lambda _: None, mirror: str | None = None) -> DebianKernel:
     """Download and unpack Debian's kernel `release` (e.g. 6.18.15+deb13-cloud-amd64) from `suite`
     of the host's mirror, once; later calls return the cached copy."""
