@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,9 +240,17 @@ def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, 
     require_root("building a guest image")
     require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
     work = target.directory.with_name(target.directory.name + f".build-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    root = work / "root"
+    remove_tree(work)
     work.mkdir(parents=True)
+    try:
+        return _build(recipe, target, work, progress, archive, layer)
+    finally:
+        unmount_below(work)  # an interrupted debootstrap leaves /proc mounted in the chroot
+
+
+def _build(recipe: Recipe, target: Image, work: Path, progress: Progress, archive: dict[str, str] | None,
+           layer: Layer | None) -> Image:
+    root = work / "root"
     log = work / "build.log"
     start = time.monotonic()
     step = _stepper(progress, start)
@@ -312,6 +321,21 @@ def built_images() -> list[Image]:
     return [Image(p) for p in sorted(images_dir().iterdir()) if p.is_dir() and ".build-" not in p.name]
 
 
+def unmount_below(path: Path) -> None:
+    """Undo what a chroot step left mounted under `path` (deepest first, lazily)."""
+    prefix = str(path.resolve()) + "/"
+    targets = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for target in sorted((t for t in targets if t.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that never walks into a mounted /proc or /sys left in a build root."""
+    if path.exists():
+        unmount_below(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def clean(everything: bool = False, keep: set[Path] | None = None) -> list[Path]:
     """Remove built images but those in `keep` (all of them with `everything`), stale build
     directories, and snapshots whose image is gone."""
@@ -321,7 +345,7 @@ def clean(everything: bool = False, keep: set[Path] | None = None) -> list[Path]
         if p.is_dir() and p not in keep:
             building = ".build-" in p.name and Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()
             if not building:
-                shutil.rmtree(p)
+                remove_tree(p)
                 removed.append(p)
     snapshots = cache_dir() / "snapshots"
     for p in sorted(snapshots.iterdir()) if snapshots.exists() else []:

@@ -2,6 +2,9 @@
 
 import json
 import lzma
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +110,15 @@ def test_packages_index_parsing():
              "Package: fuse2fs\nVersion: 1.47.4-1\n\nPackage: other\nVersion: 1\n")
     assert parse_packages(index, ["fuse3", "fuse2fs", "absent"]) == {"fuse3": "3.18.3-1", "fuse2fs": "1.47.4-1"}
     assert describe_changes({"fuse3": "1"}, {"fuse3": "2"}) == "fuse3 1 → 2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
+def test_remove_tree_undoes_mounts_a_chroot_left(tmp_path):
+    """An interrupted debootstrap leaves /proc mounted in its chroot: cleaning must undo it."""
+    proc = tmp_path / "work" / "root" / "proc"
+    proc.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "fuselab-test", str(proc)], check=True)
+    (proc / "kept").write_text("x")
+    image.remove_tree(tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    assert str(proc) not in Path("/proc/self/mountinfo").read_text()
