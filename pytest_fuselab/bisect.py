@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from . import splats, triage
+from . import kernel, splats, triage
 from .cache import cache_dir
 from .errors import BootError, FuselabError, MachineError, SettingError
 from .settings import Settings
@@ -71,6 +71,9 @@ def boot(settings: Settings, workdir: Path, progress: Progress, pattern: str | N
         found = lab.foreign  # resolves the kernel and checks its config: refused kernels cannot be tested
         if found is not None:  # what this step's kernel alone uses: gone after the step
             made.extend(p for p in (found.disk, lab.initrd) if p is not None)
+            made.append(kernel.base_initrd(found, lab.recipe.initramfs_modules))
+            if found.tree is not None and found.modules is not None and kernel.kernels_dir() in found.modules.parents:
+                made.append(found.modules.parents[2])  # the tree's modules_install, redone at every step
         made.append(snapshot_for(lab.spec, lab.image.base).directory)
         progress(f"{found.describe() if found else 'the image kernel'}: snapshot {lab.snapshot.directory}")
     except SettingError as exc:
