@@ -69,6 +69,19 @@ class Driver:
                     f"sleep 0.05; done; echo '{self.server} still runs 30 s after the unmount' >&2; exit 1)")
         return f"{umount} && {FUSESERVER} wait --fate {fate_path(mountpoint)}" if self.fuse else umount
 
+    def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:
+        """What the FUSE server said (to explain a refusal), from wherever this driver's server writes."""
+        if self.service:  # fuse4fs@ writes to /dev/ttyprintk: the kernel log, lines marked [U]
+            command = f"dmesg | grep -F '[U]' | tail -n {lines}"
+        elif self.sandboxed:
+            unit = "fuselab-fs-" + fate_path(mountpoint).rpartition("/")[2].removesuffix(".json")
+            command = f"journalctl -q --no-pager -n {lines} -u {unit}"
+        elif self.fuse:
+            command = f"tail -n {lines} {fate_path(mountpoint)}.log"
+        else:
+            command = f"dmesg | tail -n {lines}"
+        return guest.run(command, check=False).stdout
+
     def try_mount(self, guest: Guest, device: str, mountpoint: str, timeout: float = 120) -> Result:
         """Attempt a mount and return what happened, refused or not."""
         guest.run(self.prepare_command(mountpoint))
