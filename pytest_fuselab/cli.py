@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import bench, capabilities, host, image, kbuild, recipe, shell, stack
 from .drivers import DRIVERS
-from .errors import FuselabError
+from .errors import FuselabError, SettingError
 from .lab import Lab, stderr_progress
 from .settings import OPTIONS, resolve
 
@@ -118,10 +118,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from . import containment, matrix, reproducers
 
     items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
-    drivers = args.driver or list(DRIVERS)
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="fuselab-repro-") as tmp:
         lab = Lab(settings_from(args), Path(tmp))
+        usable = containment.usable_drivers(lab)
+        drivers = args.driver or usable
+        for name in set(drivers) - set(usable):
+            raise SettingError(f"--driver {name}: this guest's stack cannot run it "
+                               f"({capabilities.of(lab).missing(DRIVERS[name].needs)}); use --stack with a service stack")
         runner = containment.ImageRunner(lab, Path(tmp))
         for _ in range(args.repeat):
             for v in runner.run(items, drivers):

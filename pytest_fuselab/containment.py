@@ -108,6 +108,14 @@ def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Dr
     return v
 
 
+def usable_drivers(lab: Lab) -> list[str]:
+    """Every driver the lab's stack can run (fuse4fs-service only with a service stack)."""
+    from . import capabilities
+
+    caps = capabilities.of(lab)
+    return [name for name, d in DRIVERS.items() if not d.needs or caps.has(d.needs)]
+
+
 class ImageRunner:
     """Many images through one guest at a time; a damaged guest is replaced before the next."""
 
