@@ -8,32 +8,20 @@ the mount must be removable, and the next instance must still serve.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pytest_fuselab import reproducers
 from pytest_fuselab.containment import judge
-from pytest_fuselab.drivers import Driver
+from pytest_fuselab.drivers import DRIVERS
 from pytest_fuselab.guest import create_overlay
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "hostile_images"))
 from test_hostile_images import corpus_dir  # noqa: E402  (the same default corpus)
 
 
-@dataclass(frozen=True)
-class ServiceDriver(Driver):
-    """Mount through `fuservicemount3 -t ext4` (fuse4fs.socket); unmount with umount."""
-
-    def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
-        return f"timeout 120 fuservicemount3 {device} {mountpoint} -t ext4" + (f" -o {options}" if options else "")
-
-    def unmount_command(self, mountpoint: str) -> str:
-        return f"umount {mountpoint}"
-
-
-SERVICE = ServiceDriver("fuse4fs-service", "fuseblk.ext4")
+SERVICE = DRIVERS["fuse4fs-service"]  # fuservicemount3 -t ext4 through fuse4fs.socket
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
