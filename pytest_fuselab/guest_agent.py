@@ -22,6 +22,7 @@ import time
 
 PORT_NAME = "org.fuselab.agent"
 WORK_DIR = "/run/fuselab-agent"
+SERVERS_DIR = "/run/fuselab/servers"
 
 
 def find_port():
@@ -157,6 +158,8 @@ class Agent:
 
 def main():
     os.makedirs(WORK_DIR, exist_ok=True)
+    os.makedirs(SERVERS_DIR, exist_ok=True)  # fates of FUSE servers (fuseserver.py), any user writes
+    os.chmod(SERVERS_DIR, 0o1777)
     port = None
     while port is None:
         port = find_port()

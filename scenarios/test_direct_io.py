@@ -68,7 +68,7 @@ def test_fuse2fs_direct_io_option(fuselab_guest, fuselab_disk, driver, record_pr
     guest, d = fuselab_guest, DRIVERS[driver]
     disk = fuselab_disk("64M")
     guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
-    guest.run(f"mkdir -p {MNT} && chown {USER}: {MNT}")
+    guest.run(d.prepare_command(MNT))
     result = guest.run(d.wrap(d.mount_command(disk.path, MNT, "direct_io")), check=False)
     record_property("direct_io_option", f"status {result.exit_status}: {result.stderr.strip()[-200:]}")
     if not result.ok:
