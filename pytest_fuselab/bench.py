@@ -70,11 +70,12 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
     return values[1:]  # the first test also pays for building the lab (probe, snapshot check)
 
 
-def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str]) -> float:
-    """Images per minute through full containment verdicts with `drivers`, one guest."""
+def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str], guests: int = 1) -> float:
+    """Images per minute through full containment verdicts with `drivers` on `guests` guests
+    (fresh mke2fs images: the cost of the verdict itself, not of a hostile image's damage)."""
     import subprocess
 
-    from .containment import ImageRunner
+    from .containment import judge_images
     from .reproducers import extract
 
     items = []
@@ -83,11 +84,14 @@ def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str]) -> f
         subprocess.run(["mke2fs", "-q", "-t", "ext4", str(image), "16M"], check=True, capture_output=True)
         items += extract(image)
     start = time.monotonic()
-    list(ImageRunner(lab, workdir).run(items, drivers))
+    verdicts = judge_images(lab, workdir / "images", items, drivers, guests)
+    bad = [f"{v.image} {v.driver}: {v.verdict}" for v in verdicts if v.verdict not in ("clean", "contained")]
+    if bad:
+        raise RuntimeError(f"benchmark verdicts on fresh images were not clean: {bad}")
     return count / ((time.monotonic() - start) / 60)
 
 
-def run(settings: Settings, runs: int = 5) -> dict[str, Any]:
+def run(settings: Settings, runs: int = 5, images: int = 12, guests: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fuselab-bench-") as tmp:
         lab = Lab(settings, Path(tmp))
         lab.guest().shutdown()  # build the image and snapshot outside the timings
@@ -95,9 +99,10 @@ def run(settings: Settings, runs: int = 5) -> dict[str, Any]:
         reset = [timed_reset(lab) for _ in range(runs)]
         overhead = test_overheads(settings, runs, Path(tmp))
         drivers = usable_drivers(lab)
-        rate = images_per_min(lab, Path(tmp), runs, drivers)
+        rate = images_per_min(lab, Path(tmp), images, drivers, guests)
         return {"accel": lab.accel.accel, "accel_reason": lab.accel.reason, "runs": runs,
-                "images_per_min": round(rate, 2), "image_guests": 1, "image_drivers": drivers,
+                "images_per_min": round(rate, 2), "image_guests": guests, "image_count": images,
+                "image_drivers": drivers, "guest_cpus": settings.cpus,
                 "cold_boot_s": round(statistics.median(cold), 2),
                 "reset_s": round(statistics.median(reset), 2),
                 "test_overhead_s": round(statistics.median(overhead), 2),

@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    figures = bench.run(settings_from(args), runs=args.runs)
+    figures = bench.run(settings_from(args), runs=args.runs, images=args.images, guests=args.guests)
     if args.json:
         print(json.dumps(figures, indent=1))
     else:
@@ -203,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure cold boot, reset and per-test overhead (medians)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--runs", type=int, default=5, help="runs per figure (default: %(default)s)")
+    b.add_argument("--images", type=int, default=12, help="images for images_per_min (default: %(default)s)")
+    b.add_argument("--guests", type=int, default=1,
+                   help="guests judging images side by side for images_per_min (default: %(default)s)")
     add_settings(b)
     ex = sub.add_parser("exec", help="run one shell command in a fresh guest")
     ex.add_argument("command")

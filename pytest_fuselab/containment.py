@@ -3,29 +3,28 @@ containment verdict (a FUSE driver may fail any way it likes, but never hurt the
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .drivers import DRIVERS, Driver, mounted, server_fate
+from . import splats
+from .drivers import DRIVERS, Driver
 from .errors import GuestError
 from .guest import Guest, create_overlay
 from .lab import Lab
 from .machine import Runstate
 from .reproducers import Extracted
-from .verdict import check
+from .verdict import Health, check
 
-MNT = "/mnt/hostile"
-WALK = (f"find {MNT} -xdev -print0 | head -z -n 5000 | xargs -0 -r stat >/dev/null; "
-        f"find {MNT} -xdev -type f -print0 | head -z -n 2000 | xargs -0 -r -n 64 cat >/dev/null; "
-        f"find {MNT} -xdev -type l -print0 | head -z -n 2000 | xargs -0 -r -n 64 readlink >/dev/null; "
-        f"getfattr -R -d -m - {MNT} >/dev/null")
-MODIFY = (f"cd {MNT} && echo x > .fl-new && mv .fl-new .fl-renamed && "
-          "dd if=/dev/zero of=.fl-big bs=64k count=16 status=none && sync .fl-big && "
-          "rm -f .fl-renamed .fl-big && sync")
+MNT = "/mnt/hostile"  # each driver mounts at MNT-<driver>
+JUDGE = "python3 -S /usr/local/lib/fuselab/judge.py"  # guest_judge.py, in every guest
 MAX_DISKS = 20  # hot-plugged disks per guest before it is replaced
 DEADLINES = {"mount": 60, "walk": 120, "modify": 60, "unmount": 60, "fsck": 120}
+STOP = "|".join(pattern.pattern for pattern, _ in splats.STARTS)  # a splat ends a batch
+UNJUDGED = "unjudged"  # the batch stopped before this driver: judge it on a fresh guest
 
 
 @dataclass
@@ -34,6 +33,7 @@ class Step:
     status: int  # exit status; -1 when the step timed out or the guest went away
     said: str  # the end of its stderr
     seconds: float
+    errno: str = ""  # the errno the step failed with, when it failed on a system call
 
 
 @dataclass
@@ -52,60 +52,84 @@ class Verdict:
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
-
-def step(guest: Guest, driver: Driver, name: str, command: str, as_user: bool = True) -> Step:
-    start = time.monotonic()
-    try:
-        r = guest.run(driver.wrap(command) if as_user else command, timeout=DEADLINES[name], check=False)
-        status = -1 if r.timed_out else r.exit_status
-        return Step(name, status, r.stderr.strip()[-300:], round(time.monotonic() - start, 2))
-    except GuestError as exc:
-        return Step(name, -1, str(exc)[:300], round(time.monotonic() - start, 2))
+    def decide(self, driver: Driver, health: Health) -> None:
+        self.splats, self.evidence = health.titles(), health.explain()
+        self.guest = "lost" if health.lost else "answers"
+        if driver.fuse:
+            self.verdict = "breach" if (health.damaged or self.stuck_mount) else "contained"
+        else:
+            self.verdict = "finding" if health.damaged else "clean"
 
 
-def run_steps(guest: Guest, driver: Driver, device: str, options: str, v: Verdict) -> None:
-    guest.run(driver.prepare_command(MNT))
-    # syzbot's options are kernel mount options: fuse2fs gets none of them
-    mount = driver.mount_command(device, MNT, "" if driver.fuse else options)
-    v.steps.append(step(guest, driver, "mount", mount))
-    kept = driver.fuse and not driver.service  # a server whose fate the lab records
-    if v.steps[-1].status != 0:
-        if kept:
-            v.server = server_fate(guest, MNT) or "-"
-        return
-    for name, command in (("walk", WALK), ("modify", MODIFY)):
-        v.steps.append(step(guest, driver, name, command))
-        fate = server_fate(guest, MNT) if kept and v.server == "-" else ""
-        if fate:
-            v.server = f"{fate} during {name}"
-    unmount = step(guest, driver, "unmount", driver.unmount_command(MNT), as_user=bool(driver.user))
-    if mounted(guest, MNT):
-        v.stuck_mount = True
-        guest.run(f"umount -l {MNT}", check=False, timeout=30)
-    v.steps.append(unmount)
-    if kept and v.server == "-":
-        v.server = server_fate(guest, MNT) or "still running after the unmount"
-    v.steps.append(step(guest, driver, "fsck", f"e2fsck -fn {device}", as_user=False))
+def mountpoint(driver: Driver) -> str:
+    return f"{MNT}-{driver.name}"
 
 
 def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Driver) -> Verdict:
     """Run one image through one driver on a fresh disk of `guest` and say what happened."""
-    start, since = time.monotonic(), guest.console_offset()
-    v = Verdict(name, driver.name, "skipped")
+    return judge_drivers(guest, [image], name, extracted, [driver])[0]
+
+
+def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extracted,
+                  drivers: list[Driver]) -> list[Verdict]:
+    """Each driver on its own fresh copy of one image (images[i]), all in one call of the
+    guest's judge.  A driver after a splat is left UNJUDGED (its kernel was already hurt)."""
     if extracted.fstype and not extracted.fstype.startswith("ext"):
-        v.steps.append(Step("mount", -1, f"not an ext2/3/4 image ({extracted.fstype})", 0.0))
-        return v
-    disk = guest.attach_disk(image, fmt="qcow2")
-    run_steps(guest, driver, disk.path, extracted.mount_options, v)
+        return [Verdict(name, d.name, "skipped", [Step("mount", -1, f"not an ext2/3/4 image ({extracted.fstype})", 0.0)])
+                for d in drivers]
+    start, since = time.monotonic(), guest.console_offset()
+    disks = guest.attach_disks(images, fmt="qcow2")
+    spec = {"deadlines": DEADLINES, "stop": STOP, "drivers": [
+        d.judge_spec(disk.path, mountpoint(d), "" if d.fuse else extracted.mount_options)  # syzbot's options are
+        for d, disk in zip(drivers, disks, strict=True)]}                                   # kernel mount options
+    failure, records = "", []
+    try:
+        r = guest.run(JUDGE, input=json.dumps(spec), timeout=sum(DEADLINES.values()) * len(drivers) + 60,
+                      check=False)
+        if r.ok:
+            records = json.loads(r.stdout)["verdicts"]
+        else:
+            failure = f"the guest's judge failed (status {r.exit_status}): {r.stderr.strip()[-300:]}"
+    except (GuestError, ValueError, KeyError) as exc:
+        failure = f"the guest's judge gave no verdict: {exc}"
+    if failure:
+        return _unanswered(guest, since, name, drivers, failure, time.monotonic() - start)
+    verdicts = [Verdict(name, d.name, UNJUDGED) for d in drivers]
+    attributed = set()
+    for v, d, record in zip(verdicts, drivers, records, strict=False):
+        v.steps = [Step(**step) for step in record["steps"]]
+        v.server, v.stuck_mount, v.seconds = record["server"], record["stuck_mount"], record["seconds"]
+        health = Health(splats=splats.scan(record["kmsg"]), stuck=record["stuck"])
+        attributed |= {s.title for s in health.splats}
+        v.decide(d, health)
+    late = [s for s in guest.splats(since) if s.title not in attributed]  # printed after the judge read the log
+    if late and records:
+        i = len(records) - 1
+        v = verdicts[i]
+        v.decide(drivers[i], Health(splats=splats.scan(records[i]["kmsg"]) + late, stuck=records[i]["stuck"]))
+    if any(v.splats for v in verdicts):
+        guest.machine.state = Runstate.CRASHED  # never handed out again
+    overhead = (time.monotonic() - start - sum(v.seconds for v in verdicts)) / max(1, len(records))
+    for v in verdicts[:len(records)]:
+        v.seconds = round(v.seconds + overhead, 2)  # disks plugged and the judge started, shared out
+    return verdicts
+
+
+def _unanswered(guest: Guest, since: int, name: str, drivers: list[Driver], failure: str,
+                seconds: float) -> list[Verdict]:
+    """The judge never answered: with one driver, the guest's health is its verdict; with
+    several, none can be blamed, so all are left for fresh guests one by one."""
     health = check(guest, since)
-    v.splats, v.seconds = health.titles(), round(time.monotonic() - start, 2)
-    v.evidence = health.explain()
-    v.guest = "lost" if health.lost else "answers"
-    if driver.fuse:
-        v.verdict = "breach" if (health.damaged or v.stuck_mount) else "contained"
-    else:
-        v.verdict = "finding" if health.damaged else "clean"
-    return v
+    guest.machine.state = Runstate.CRASHED
+    if len(drivers) > 1:
+        return [Verdict(name, d.name, UNJUDGED) for d in drivers]
+    v = Verdict(name, drivers[0].name, "breach", [Step("judge", -1, failure[-300:], round(seconds, 2))],
+                seconds=round(seconds, 2))
+    v.decide(drivers[0], health)
+    if not health.damaged:  # a judge that cannot finish is a failure to contain, shown with its words
+        v.verdict = "breach" if drivers[0].fuse else "finding"
+        v.evidence = failure
+    return [v]
 
 
 def usable_drivers(lab: Lab) -> list[str]:
@@ -123,30 +147,72 @@ class ImageRunner:
         self.lab, self.workdir = lab, workdir
         self.guest: Guest | None = None
         self.count = 0
+        workdir.mkdir(parents=True, exist_ok=True)
 
-    def _fresh_guest(self) -> Guest:
+    def _fresh_guest(self, disks: int) -> Guest:
         """The current guest, or a new one after damage (or when its PCI slots run low)."""
-        if self.guest is None or self.guest.state is not Runstate.READY or len(self.guest.disks) >= MAX_DISKS:
+        if (self.guest is None or self.guest.state is not Runstate.READY
+                or len(self.guest.disks) + disks > MAX_DISKS):
             if self.guest is not None:
                 self.guest.shutdown()
             self.guest = self.lab.guest()
         return self.guest
 
+    def _overlays(self, raw: Path, count: int) -> list[Path]:
+        paths = []
+        for _ in range(count):
+            self.count += 1
+            paths.append(self.workdir / f"disk{self.count}.qcow2")
+            create_overlay(paths[-1], raw, fmt="raw")
+        return paths
+
+    def judge_item(self, item: Extracted, drivers: list[str]) -> list[Verdict]:
+        """All `drivers` on one image: one batch, then alone on fresh guests what it left."""
+        raw = self.workdir / f"image{self.count}.raw"
+        raw.write_bytes(item.image)  # bytes only: the host never parses or mounts it
+        name = f"{item.source.name}#{item.index}"
+        chosen = [DRIVERS[d] for d in drivers]
+        verdicts = judge_drivers(self._fresh_guest(len(chosen)), self._overlays(raw, len(chosen)),
+                                 name, item, chosen)
+        for i, v in enumerate(verdicts):
+            if v.verdict == UNJUDGED:
+                verdicts[i] = judge(self._fresh_guest(1), self._overlays(raw, 1)[0], name, item, chosen[i])
+        raw.unlink()
+        return verdicts
+
     def run(self, items: list[Extracted], drivers: list[str],
             said: Callable[[Verdict], None] | None = None) -> Iterator[Verdict]:
         try:
             for item in items:
-                raw = self.workdir / f"image{self.count}.raw"
-                raw.write_bytes(item.image)  # bytes only: the host never parses or mounts it
-                name = f"{item.source.name}#{item.index}"
-                for driver in drivers:
-                    self.count += 1
-                    overlay = self.workdir / f"disk{self.count}.qcow2"
-                    create_overlay(overlay, raw, fmt="raw")
-                    verdict = judge(self._fresh_guest(), overlay, name, item, DRIVERS[driver])
+                for verdict in self.judge_item(item, drivers):
                     if said:
                         said(verdict)
                     yield verdict
         finally:
-            if self.guest is not None:
-                self.guest.shutdown()
+            self.close()
+
+    def close(self) -> None:
+        if self.guest is not None:
+            self.guest.shutdown()
+            self.guest = None
+
+
+def judge_images(lab: Lab, workdir: Path, items: list[Extracted], drivers: list[str],
+                 guests: int = 1) -> list[Verdict]:
+    """Every item through `drivers`, spread over `guests` guests running side by side;
+    verdicts in the order of `items`."""
+    runners = [ImageRunner(lab, workdir / f"runner{i}") for i in range(guests)]
+    shares = [list(range(len(items)))[i::guests] for i in range(guests)]
+    results: dict[int, list[Verdict]] = {}
+
+    def work(runner: ImageRunner, share: list[int]) -> None:
+        try:
+            for i in share:
+                results[i] = runner.judge_item(items[i], drivers)
+        finally:
+            runner.close()
+
+    with concurrent.futures.ThreadPoolExecutor(guests) as pool:
+        for future in [pool.submit(work, r, share) for r, share in zip(runners, shares, strict=True)]:
+            future.result()
+    return [v for i in range(len(items)) for v in results[i]]

@@ -49,6 +49,16 @@ class Driver:
         return (f"mkdir -p {mountpoint} && install -d -m 1777 {SERVERS} && rm -f {fate_path(mountpoint)}*"
                 + (f" && chown {self.user}: {mountpoint}" if self.user else ""))
 
+    @property
+    def kept(self) -> bool:
+        """The lab starts this driver's FUSE server under a keeper that records its fate."""
+        return self.fuse and not self.service
+
+    def server_argv(self, device: str, mountpoint: str, options: str = "") -> list[str]:
+        """The FUSE server's command line, for a driver whose server the lab starts itself."""
+        opts = ",".join(o for o in ("fakeroot" if self.user else "", options) if o)
+        return ["fuse2fs", "-f", device, mountpoint] + (["-o", opts] if opts else [])
+
     def mount_command(self, device: str, mountpoint: str, options: str = "") -> str:
         if not self.fuse:
             return f"mount -t ext4{f' -o {options}' if options else ''} {device} {mountpoint}"
@@ -57,17 +67,33 @@ class Driver:
         fate = fate_path(mountpoint)
         if self.sandboxed:
             return f"{FUSESERVER} sandbox --fate {fate} {device} {mountpoint}" + (f" -o {options}" if options else "")
-        opts = ",".join(o for o in ("fakeroot" if self.user else "", options) if o)
         return (f"{FUSESERVER} start --fate {fate} --mountpoint {mountpoint} -- "
-                f"fuse2fs -f {device} {mountpoint}" + (f" -o {opts}" if opts else ""))
+                + shlex.join(self.server_argv(device, mountpoint, options)))
 
-    def unmount_command(self, mountpoint: str) -> str:
-        """Unmount, and for a FUSE driver wait until its server has exited (and flushed)."""
+    def _umount(self, mountpoint: str) -> str:
         umount = f"fusermount3 -u {mountpoint}" if self.user else f"umount {mountpoint}"
         if self.service:  # the instance belongs to systemd: wait for its process to go
             return (f"{umount} && (for i in $(seq 600); do pgrep -x {self.server} >/dev/null || exit 0; "
                     f"sleep 0.05; done; echo '{self.server} still runs 30 s after the unmount' >&2; exit 1)")
-        return f"{umount} && {FUSESERVER} wait --fate {fate_path(mountpoint)}" if self.fuse else umount
+        return umount
+
+    def unmount_command(self, mountpoint: str) -> str:
+        """Unmount, and for a FUSE driver wait until its server has exited (and flushed)."""
+        if self.kept:
+            return f"{self._umount(mountpoint)} && {FUSESERVER} wait --fate {fate_path(mountpoint)}"
+        return self._umount(mountpoint)
+
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
+        """What the guest's judge (guest_judge.py) needs to run this driver on `device`."""
+        fate = fate_path(mountpoint) if self.kept else None
+        if self.sandboxed:
+            mount: list[str] = ["sandbox", fate_path(mountpoint), device, mountpoint, options]
+        elif self.kept:
+            mount = ["start", fate_path(mountpoint), mountpoint, *self.server_argv(device, mountpoint, options)]
+        else:
+            mount = ["sh", self.mount_command(device, mountpoint, options)]
+        return {"name": self.name, "device": device, "mountpoint": mountpoint, "user": self.user,
+                "mount": mount, "unmount": self._umount(mountpoint), "fate": fate}
 
     def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:
         """What the FUSE server said (to explain a refusal), from wherever this driver's server writes."""
@@ -112,7 +138,7 @@ DRIVERS = {
 }
 
 FUSE_DRIVERS = [name for name, driver in DRIVERS.items() if driver.fuse]
-KEPT_DRIVERS = [name for name, driver in DRIVERS.items() if driver.fuse and not driver.service]  # fates known
+KEPT_DRIVERS = [name for name, driver in DRIVERS.items() if driver.kept]  # fates known
 
 
 def fate_path(mountpoint: str) -> str:

@@ -229,6 +229,17 @@ class Guest:
         """Hot-plug `host_path` as a virtio disk and return it once the guest sees it.
         `block_size` sets the logical and physical sector size the guest sees (512, 4096)."""
         name = name or f"disk{len(self.disks) + 1}"
+        self._plug(host_path, fmt, name, shared, block_size)
+        return self._seen(host_path, name, timeout)
+
+    def attach_disks(self, host_paths: list[Path], fmt: str = "raw", timeout: float = 30) -> list[Disk]:
+        """Hot-plug several disks at once (the guest probes them together)."""
+        names = [f"disk{len(self.disks) + 1 + i}" for i in range(len(host_paths))]
+        for path, name in zip(host_paths, names, strict=True):
+            self._plug(path, fmt, name, False, None)
+        return [self._seen(path, name, timeout) for path, name in zip(host_paths, names, strict=True)]
+
+    def _plug(self, host_path: Path, fmt: str, name: str, shared: bool, block_size: int | None) -> None:
         file_opts: dict[str, Any] = {"driver": "file", "filename": str(host_path)}
         if shared:
             file_opts["locking"] = "off"
@@ -241,9 +252,11 @@ class Guest:
         if block_size:
             device["logical_block_size"] = device["physical_block_size"] = block_size
         self.machine.qmp("device_add", **device)
+
+    def _seen(self, host_path: Path, name: str, timeout: float) -> Disk:
         reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout)
-        size = int(self.run(["blockdev", "--getsize64", reply["path"]]).stdout)
-        disk = Disk(name, host_path, reply["path"], size)
+        size = reply.get("size") or int(self.run(["blockdev", "--getsize64", reply["path"]]).stdout)
+        disk = Disk(name, host_path, reply["path"], int(size))
         self.disks.append(disk)
         return disk
 

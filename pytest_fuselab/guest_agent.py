@@ -95,7 +95,7 @@ def op_ping(req):
 
 
 def op_disk(req):
-    """Wait until a virtio disk with the given serial appears; return its /dev path."""
+    """Wait until a virtio disk with the given serial appears; return its /dev path and size."""
     deadline = time.monotonic() + req.get("timeout", 30)
     while time.monotonic() < deadline:
         for path in glob.glob("/sys/block/*/serial"):
@@ -103,7 +103,8 @@ def op_disk(req):
                 if f.read().strip() == req["serial"]:
                     dev = "/dev/" + path.split("/")[-2]
                     if os.path.exists(dev):
-                        return {"path": dev}
+                        with open(os.path.join(os.path.dirname(path), "size")) as f:
+                            return {"path": dev, "size": int(f.read()) * 512}
         time.sleep(0.02)
     raise TimeoutError(f"no disk with serial {req['serial']!r} appeared")
 

@@ -173,7 +173,6 @@ def sandbox(fate, device, mountpoint, options):
     sock_path = f"{fate}.sock"
     os.makedirs(CORES, mode=0o1777, exist_ok=True)
     os.chmod(CORES, 0o1777)
-    subprocess.run(["systemctl", "reset-failed", f"{unit}.service"], capture_output=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(sock_path):
         os.unlink(sock_path)
@@ -186,8 +185,11 @@ def sandbox(fate, device, mountpoint, options):
     props = [f"--property={p}" for p in SANDBOX + [f"DeviceAllow={device} rw", f"ReadWritePaths={STATE}",
                                                   f"StandardInput=file:{sock_path}",
                                                   "StandardOutput=journal", "StandardError=journal"]]
-    run = subprocess.run(["systemd-run", "--quiet", "--collect", f"--unit={unit}", *props, *server],
-                         capture_output=True, text=True)
+    argv = ["systemd-run", "--quiet", "--collect", f"--unit={unit}", *props, *server]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    if run.returncode != 0 and "already" in run.stderr:  # a unit of the same name not collected yet
+        subprocess.run(["systemctl", "reset-failed", f"{unit}.service"], capture_output=True)
+        run = subprocess.run(argv, capture_output=True, text=True)
     if run.returncode != 0:
         os.close(fd)
         subprocess.run(["umount", mountpoint])

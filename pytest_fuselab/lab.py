@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ class Lab:
         self.settings = settings
         self.workdir = workdir
         self.progress = progress
-        self._count = 0
+        self._count = itertools.count(1)  # next() is atomic: guests may be made from several threads
 
     @functools.cached_property
     def recipe(self) -> recipe.Recipe:
@@ -77,8 +78,7 @@ class Lab:
                                self.settings.boot_timeout, self.settings.watchdog)
 
     def rundir(self, name: str | None = None) -> Path:
-        self._count += 1
-        path = self.workdir / (name or f"guest{self._count}")
+        path = self.workdir / (name or f"guest{next(self._count)}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -15,6 +15,7 @@ IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 GUEST_FILES = {
     "agent.py": Path(__file__).resolve().parent / "guest_agent.py",
     "fuseserver.py": Path(__file__).resolve().parent / "guest_fuseserver.py",
+    "judge.py": Path(__file__).resolve().parent / "guest_judge.py",
 }
 
 

@@ -1,0 +1,367 @@
+#!/usr/bin/python3
+"""Run hostile images through drivers inside the guest, every step in one call (stdlib only).
+
+The lab puts this file into every guest as /usr/local/lib/fuselab/judge.py, next to
+fuseserver.py (guest_fuseserver.py), whose keeper and sandbox it uses in-process.
+
+    judge.py < SPEC.json     prints {"verdicts": [...]} as one JSON object
+
+SPEC is {"deadlines": {step: seconds}, "stop": REGEX, "drivers": [{"name", "device",
+"mountpoint", "user", "mount", "unmount", "fate"}, ...]}, built by the host
+(containment.py, Driver.judge_spec).  `mount` is ["sh", COMMAND], ["start", FATE,
+MOUNTPOINT, ARGV...] or ["sandbox", FATE, DEVICE, MOUNTPOINT, OPTIONS].
+
+For each driver: mount, walk (readdir, stat, read every file, readlink, listxattr and
+getxattr), modify (create, write, rename, fsync, unlink), unmount, e2fsck -fn; each step in a
+child process (as the driver's user) with a deadline, its errno recorded.  Then the FUSE
+server's fate, whether the mount could be removed, tasks stuck in D state, and the kernel log
+of that driver alone (read from /dev/kmsg), so the host can tell which driver a splat belongs
+to.  When a driver's kernel log matches `stop`, the remaining drivers are not run: the host
+runs them on a fresh guest.
+"""
+
+import ctypes
+import errno
+import json
+import os
+import pwd
+import re
+import select
+import signal
+import stat
+import sys
+import tempfile
+import time
+
+try:
+    import fuseserver  # the lab installs it next to this file
+except ImportError:  # imported on the host, by the project's tests
+    from pytest_fuselab import guest_fuseserver as fuseserver
+
+WALK_ENTRIES, WALK_FILES, READ_LIMIT = 5000, 2000, 64 << 20
+STUCK_GRACE = 5.0
+MNT_DETACH = 2
+
+
+class StepFailed(Exception):
+    """A step's own failure: what was being done, and the errno when there is one."""
+
+    def __init__(self, what, exc=None):
+        self.errno = errno.errorcode.get(exc.errno, "") if isinstance(exc, OSError) and exc.errno else ""
+        detail = f": {self.errno} ({exc.strerror})" if self.errno else (f": {exc}" if exc else "")
+        super().__init__(f"{what}{detail}")
+
+
+# -- the steps, each run in a child process ---------------------------------------------------
+
+def run_shell(command):
+    os.execv("/bin/sh", ["/bin/sh", "-c", command])
+
+
+def do_mount(spec):
+    kind, args = spec["mount"][0], spec["mount"][1:]
+    if kind == "sh":
+        run_shell(args[0])
+    if kind == "start":
+        return fuseserver.start(args[0], args[1], args[2:])
+    if kind == "sandbox":
+        return fuseserver.sandbox(*args)
+    raise StepFailed(f"unknown mount kind {kind!r}")
+
+
+def walk(top):
+    """Visit what a user would: every entry (stat, xattrs), file contents, link targets."""
+    errors, seen, files = [], 0, 0
+    dirs, visited = [top], set()
+
+    def failed(what, path, exc):
+        errors.append(StepFailed(f"{what} {path}", exc))
+
+    while dirs and seen < WALK_ENTRIES:
+        directory = dirs.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError as exc:
+            failed("opendir", directory, exc)
+            continue
+        with entries:
+            while seen < WALK_ENTRIES:
+                try:
+                    entry = next(entries, None)
+                except OSError as exc:
+                    failed("readdir", directory, exc)
+                    break
+                if entry is None:
+                    break
+                seen += 1
+                path = entry.path
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    failed("stat", path, exc)
+                    continue
+                try:
+                    for name in os.listxattr(path, follow_symlinks=False):
+                        try:
+                            os.getxattr(path, name, follow_symlinks=False)
+                        except OSError as exc:
+                            failed(f"getxattr {name}", path, exc)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                        failed("listxattr", path, exc)
+                if stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) not in visited:
+                        visited.add((st.st_dev, st.st_ino))
+                        dirs.append(path)
+                elif stat.S_ISLNK(st.st_mode):
+                    try:
+                        os.readlink(path)
+                    except OSError as exc:
+                        failed("readlink", path, exc)
+                elif stat.S_ISREG(st.st_mode) and files < WALK_FILES:
+                    files += 1
+                    try:
+                        with open(path, "rb", buffering=0) as f:
+                            done = 0
+                            while done < READ_LIMIT:
+                                chunk = f.read(1 << 20)
+                                if not chunk:
+                                    break
+                                done += len(chunk)
+                    except OSError as exc:
+                        failed("read", path, exc)
+    print(f"judge: walked {seen} entries, read {files} files, {len(errors)} errors")
+    if errors:
+        for error in errors[:5]:
+            print(f"judge: {error}", file=sys.stderr)
+        raise errors[0]
+    return 0
+
+
+def modify(top):
+    """Create, write, rename, fsync and unlink, as any user of a filesystem would."""
+    def attempt(what, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise StepFailed(what, exc) from None
+
+    os.chdir(top)
+    fd = attempt("create .fl-new", os.open, ".fl-new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    attempt("write .fl-new", os.write, fd, b"x\n")
+    os.close(fd)
+    attempt("rename .fl-new", os.rename, ".fl-new", ".fl-renamed")
+    fd = attempt("create .fl-big", os.open, ".fl-big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    block = b"\0" * (64 << 10)
+    for _ in range(16):
+        attempt("write .fl-big", os.write, fd, block)
+    attempt("fsync .fl-big", os.fsync, fd)
+    os.close(fd)
+    attempt("unlink .fl-renamed", os.unlink, ".fl-renamed")
+    attempt("unlink .fl-big", os.unlink, ".fl-big")
+    os.sync()
+    return 0
+
+
+# -- running a step --------------------------------------------------------------------------
+
+def drop_to(user):
+    account = pwd.getpwnam(user)
+    os.setgroups(os.getgrouplist(user, account.pw_gid))
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    os.environ.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
+
+
+def in_child(name, deadline, user, fn, *args):
+    """Run fn(*args) in a child (as `user`) with `deadline` seconds; return the step record."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err_name:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setsid()
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+                if user:
+                    drop_to(user)
+                code = fn(*args) or 0
+            except StepFailed as exc:
+                print(f"judge: {name}: {exc}", file=sys.stderr)
+                os.write(err_name.fileno(), exc.errno.encode())
+            except BaseException as exc:  # noqa: BLE001 (whatever happens is the step's result)
+                print(f"judge: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code if isinstance(code, int) else 1)
+        status, note = reap(pid, deadline)
+        out.seek(0)
+        said = out.read().decode(errors="replace").strip()
+        err_name.seek(0)
+        code = err_name.read().decode()
+    if note:
+        said = f"{said}\n{note}".strip()
+    return {"name": name, "status": status, "said": said[-300:], "errno": code,
+            "seconds": round(time.monotonic() - start, 2)}
+
+
+def reap(pid, deadline):
+    """The child's exit status, or -1 once it outlived `deadline` (it is then killed)."""
+    fd = os.pidfd_open(pid)
+    try:
+        if select.select([fd], [], [], deadline)[0]:
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), ""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if select.select([fd], [], [], 3)[0]:
+            os.waitpid(pid, 0)
+            return -1, f"judge: no result within {deadline} s (killed)"
+        return -1, f"judge: no result within {deadline} s, and the step ignores SIGKILL (D state)"
+    finally:
+        os.close(fd)
+
+
+# -- one driver ------------------------------------------------------------------------------
+
+def is_mounted(mountpoint):
+    return fuseserver.is_mounted(mountpoint)
+
+
+def fate_of(path):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return fuseserver.fate_text(json.load(f))
+
+
+def prepare(spec):
+    os.makedirs(spec["mountpoint"], exist_ok=True)
+    os.makedirs(fuseserver.STATE, exist_ok=True)
+    os.chmod(fuseserver.STATE, 0o1777)
+    if spec.get("fate"):
+        fuseserver.prepare(spec["fate"])
+    if spec.get("user"):
+        account = pwd.getpwnam(spec["user"])
+        os.chown(spec["mountpoint"], account.pw_uid, account.pw_gid)
+
+
+def wait_for_fate(path, seconds):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def judge_driver(spec, deadlines):
+    """Every step of one driver; the record the host turns into a Verdict."""
+    mnt, user, fate = spec["mountpoint"], spec.get("user"), spec.get("fate")
+    record = {"name": spec["name"], "steps": [], "server": "-", "stuck_mount": False}
+    steps = record["steps"]
+    prepare(spec)
+    steps.append(in_child("mount", deadlines["mount"], user, do_mount, spec))
+    if steps[-1]["status"] != 0:
+        record["server"] = fate_of(fate) or "-"
+        return record
+    for name, fn in (("walk", walk), ("modify", modify)):
+        steps.append(in_child(name, deadlines[name], user, fn, mnt))
+        ended = fate_of(fate) if record["server"] == "-" else ""
+        if ended:
+            record["server"] = f"{ended} during {name}"
+    unmount = in_child("unmount", deadlines["unmount"], user, run_shell, spec["unmount"])
+    if unmount["status"] == 0 and fate and not wait_for_fate(fate, deadlines["unmount"]):
+        unmount["status"] = 1
+        unmount["said"] += f"\njudge: the server had not exited {deadlines['unmount']} s after the unmount"
+    if is_mounted(mnt):
+        record["stuck_mount"] = True
+        ctypes.CDLL(None, use_errno=True).umount2(mnt.encode(), MNT_DETACH)
+    steps.append(unmount)
+    if fate and record["server"] == "-":
+        record["server"] = fate_of(fate) or "still running after the unmount"
+    steps.append(in_child("fsck", deadlines["fsck"], None, run_shell, f"e2fsck -fn {spec['device']}"))
+    return record
+
+
+# -- what the kernel said and did ------------------------------------------------------------
+
+def d_state_tasks():
+    tasks = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm, _, rest = text.partition(" (")[2].rpartition(") ")
+        if rest.startswith("D"):
+            tasks.add(f"{comm}[{pid}]")
+    return tasks
+
+
+def stuck_tasks():
+    """Tasks in D state all through the next `STUCK_GRACE` seconds (a short D is normal)."""
+    stuck, deadline = d_state_tasks(), time.monotonic() + STUCK_GRACE
+    while stuck and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stuck &= d_state_tasks()
+    return sorted(stuck)
+
+
+def console_line(record):
+    """A /dev/kmsg record ("6,123,4567890,-;text\\n KEY=value...") as the console shows it."""
+    head, _, text = record.partition(";")
+    fields = head.split(",")
+    micros = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+    message = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), text.split("\n")[0])
+    return f"[{micros // 1000000:5d}.{micros % 1000000:06d}] {message}"
+
+
+class KernelLog:
+    """New records of /dev/kmsg, as console-style lines ("[   12.345678] text")."""
+
+    def __init__(self):
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        os.lseek(self.fd, 0, os.SEEK_END)
+
+    def read(self):
+        lines = []
+        while True:
+            try:
+                record = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # overwritten before we read it; go on with the next
+                continue
+            lines.append(console_line(record))
+        return "\n".join(lines)
+
+
+def main():
+    spec = json.load(sys.stdin)
+    stop = re.compile(spec.get("stop") or r"(?!)", re.M)
+    log = KernelLog()
+    verdicts = []
+    for driver in spec["drivers"]:
+        start = time.monotonic()
+        record = judge_driver(driver, spec["deadlines"])
+        record["stuck"] = stuck_tasks()
+        record["kmsg"] = log.read()
+        record["seconds"] = round(time.monotonic() - start, 2)
+        verdicts.append(record)
+        if record["stuck"] or stop.search(record["kmsg"]):
+            break  # the kernel is hurt: the host runs the rest on a fresh guest
+    json.dump({"verdicts": verdicts}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The guest's judge (guest_judge.py): its steps on the host (unit), and batches of drivers in
+real guests: a splat is blamed on the driver that caused it, step deadlines hold."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_fuselab import containment, guest_judge
+from pytest_fuselab.drivers import DRIVERS, Driver
+from pytest_fuselab.reproducers import extract
+
+
+def tree(root: Path) -> Path:
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"x" * 70000)
+    (root / "d" / "e" / "g").write_text("g")
+    (root / "link").symlink_to("d/f")
+    os.setxattr(root / "d" / "f", "user.fuselab", b"1")
+    return root
+
+
+def test_walk_visits_entries_files_links_and_xattrs(tmp_path, capsys):
+    assert guest_judge.walk(str(tree(tmp_path))) == 0
+    assert "walked 5 entries, read 2 files, 0 errors" in capsys.readouterr().out
+
+
+def test_walk_reports_the_first_error_with_its_errno(tmp_path, monkeypatch):
+    top = tree(tmp_path)
+    real = os.lstat
+
+    def lstat(path, *args, **kwargs):
+        if str(path).endswith("/e"):
+            raise OSError(errno.EUCLEAN, "Structure needs cleaning")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(guest_judge.os, "lstat", lstat)
+    with pytest.raises(guest_judge.StepFailed) as failed:
+        guest_judge.walk(str(top))
+    assert failed.value.errno == "EUCLEAN"
+    assert str(failed.value) == f"stat {top}/d/e: EUCLEAN (Structure needs cleaning)"
+
+
+def test_modify_leaves_nothing_behind(tmp_path):
+    assert guest_judge.modify(str(tmp_path)) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_step_in_a_child_records_errno_status_and_words(tmp_path, monkeypatch):
+    def refuse(*paths):
+        raise OSError(errno.EROFS, "Read-only file system", paths[0])
+
+    monkeypatch.setattr(guest_judge.os, "rename", refuse)
+    step = guest_judge.in_child("modify", 10, None, guest_judge.modify, str(tmp_path))
+    assert (step["status"], step["errno"]) == (1, "EROFS")
+    assert "judge: modify: rename .fl-new: EROFS (Read-only file system)" in step["said"]
+    shell = guest_judge.in_child("unmount", 10, None, guest_judge.run_shell, "echo busy >&2; exit 32")
+    assert (shell["status"], shell["errno"], shell["said"]) == (32, "", "busy")
+
+
+def test_a_step_past_its_deadline_is_killed():
+    step = guest_judge.in_child("walk", 0.5, None, guest_judge.run_shell, "sleep 30")
+    assert step["status"] == -1 and step["seconds"] < 5
+    assert "no result within 0.5 s (killed)" in step["said"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_a_users_step_runs_as_that_user():
+    step = guest_judge.in_child("walk", 10, "nobody", guest_judge.run_shell, "id -un")
+    assert (step["status"], step["said"]) == (0, "nobody")
+
+
+def test_kernel_log_records_read_like_the_console():
+    line = guest_judge.console_line("4,812,12345678,-;WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2\n SUBSYSTEM=x\n")
+    assert line == "[   12.345678] WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2"
+    assert guest_judge.console_line("6,1,5,-;a\\x0ab") == "[    0.000005] a\nb"
+
+
+def test_driver_specs_carry_what_the_judge_runs():
+    spec = DRIVERS["fuse2fs-user"].judge_spec("/dev/vdb", "/mnt/hostile-fuse2fs-user")
+    assert spec["mount"] == ["start", "/run/fuselab/servers/mnt-hostile-fuse2fs-user.json", "/mnt/hostile-fuse2fs-user",
+                             "fuse2fs", "-f", "/dev/vdb", "/mnt/hostile-fuse2fs-user", "-o", "fakeroot"]
+    assert (spec["user"], spec["unmount"]) == ("fuselab", "fusermount3 -u /mnt/hostile-fuse2fs-user")
+    kernel = DRIVERS["kernel"].judge_spec("/dev/vdc", "/mnt/k", "errors=continue")
+    assert kernel["mount"] == ["sh", "mount -t ext4 -o errors=continue /dev/vdc /mnt/k"] and kernel["fate"] is None
+    assert DRIVERS["fuse2fs-sandbox"].judge_spec("/dev/vdd", "/mnt/s")["mount"][0] == "sandbox"
+
+
+# -- real guests -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Warner(Driver):
+    """Kernel ext4, but its mount also logs a WARNING, as a kernel bug hit while mounting would."""
+
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
+        spec = super().judge_spec(device, mountpoint, options)
+        warn = ("echo '<4>WARNING: CPU: 0 PID: 1 at fs/ext4/super.c:1 ext4_fill_super+0x1/0x2' > /dev/kmsg && "
+                "echo '<4>---[ end trace 0000000000000000 ]---' > /dev/kmsg")
+        spec["mount"] = ["sh", f"{warn} && {spec['mount'][1]}"]  # type: ignore[index]
+        return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Sleeper(Driver):
+    """fuse2fs with a process sitting in the mount, so that it cannot be unmounted."""
+
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
+        spec = super().judge_spec(device, mountpoint, options)
+        spec["mount"] = ["sh", f"python3 -S /usr/local/lib/fuselab/fuseserver.py start --fate {spec['fate']} "
+                               f"--mountpoint {mountpoint} -- fuse2fs -f {device} {mountpoint} && "
+                               f"(cd {mountpoint} && setsid sleep 600 </dev/null >/dev/null 2>&1 &)"]
+        return spec
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "good.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", str(path), "8M"], check=True)
+    return extract(path)[0]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    from pytest_fuselab.lab import Lab
+    from pytest_fuselab.settings import resolve
+
+    return Lab(resolve(), tmp_path / "lab", progress=lambda message: print(message, file=sys.stderr))
+
+
+@pytest.mark.guest
+def test_a_splat_is_blamed_on_its_driver_and_the_rest_judged_on_a_fresh_guest(lab, image, tmp_path, monkeypatch):
+    monkeypatch.setitem(DRIVERS, "warner", Warner("warner", "ext4"))
+    runner = containment.ImageRunner(lab, tmp_path / "run")
+    try:
+        first = runner._fresh_guest(3)
+        verdicts = runner.judge_item(image, ["warner", "fuse2fs", "kernel"])
+        assert runner.guest is not first  # the batch stopped at the splat; the rest ran elsewhere
+    finally:
+        runner.close()
+    by = {v.driver: v for v in verdicts}
+    assert by["warner"].verdict == "finding"
+    assert by["warner"].splats == ["WARNING in ext4_fill_super"]
+    assert [s.name for s in by["warner"].steps] == ["mount", "walk", "modify", "unmount", "fsck"]
+    assert (by["fuse2fs"].verdict, by["fuse2fs"].splats, by["fuse2fs"].server) == ("contained", [], "exit status 0")
+    assert (by["kernel"].verdict, by["kernel"].splats) == ("clean", [])
+
+
+@pytest.mark.guest
+def test_a_mount_that_cannot_be_removed_is_a_breach(lab, image, tmp_path, monkeypatch):
+    monkeypatch.setitem(containment.DEADLINES, "unmount", 3)
+    driver = Sleeper("sleeper", "fuse.ext4")
+    guest = lab.guest()
+    try:
+        overlay = tmp_path / "disk.qcow2"
+        raw = tmp_path / "raw"
+        raw.write_bytes(image.image)
+        containment.create_overlay(overlay, raw, fmt="raw")
+        v = containment.judge(guest, overlay, "good.img#0", image, driver)
+    finally:
+        guest.shutdown()
+    steps = {s.name: s for s in v.steps}
+    assert steps["mount"].status == 0 and steps["walk"].status == 0
+    assert steps["unmount"].status != 0 and "busy" in steps["unmount"].said, steps["unmount"]  # a cwd in there
+    assert v.stuck_mount and v.verdict == "breach"  # a mount that cannot be removed is a breach
