@@ -71,23 +71,26 @@ def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Dr
 
 
 def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extracted,
-                  drivers: list[Driver]) -> list[Verdict]:
+                  drivers: list[Driver], together: bool = False) -> list[Verdict]:
     """Each driver on its own fresh copy of one image (images[i]), all in one call of the
-    guest's judge.  A driver after a splat is left UNJUDGED (its kernel was already hurt)."""
+    guest's judge, one after the other or `together` (at once).  Drivers the judge cannot
+    vouch for are left UNJUDGED: one after the other, those after a splat (their kernel was
+    already hurt); together, all of them when anything went wrong (no one to blame)."""
     if extracted.fstype and not extracted.fstype.startswith("ext"):
         return [Verdict(name, d.name, "skipped", [Step("mount", -1, f"not an ext2/3/4 image ({extracted.fstype})", 0.0)])
                 for d in drivers]
     start, since = time.monotonic(), guest.console_offset()
     disks = guest.attach_disks(images, fmt="qcow2")
-    spec = {"deadlines": DEADLINES, "stop": STOP, "drivers": [
+    spec = {"deadlines": DEADLINES, "stop": STOP, "together": together, "drivers": [
         d.judge_spec(disk.path, mountpoint(d), "" if d.fuse else extracted.mount_options)  # syzbot's options are
         for d, disk in zip(drivers, disks, strict=True)]}                                   # kernel mount options
-    failure, records = "", []
+    failure, records, answer = "", [], {}
     try:
         r = guest.run(JUDGE, input=json.dumps(spec), timeout=sum(DEADLINES.values()) * len(drivers) + 60,
                       check=False)
         if r.ok:
-            records = json.loads(r.stdout)["verdicts"]
+            answer = json.loads(r.stdout)
+            records = answer["verdicts"]
         else:
             failure = f"the guest's judge failed (status {r.exit_status}): {r.stderr.strip()[-300:]}"
     except (GuestError, ValueError, KeyError) as exc:
@@ -95,6 +98,9 @@ def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extrac
     if failure:
         return _unanswered(guest, since, name, drivers, failure, time.monotonic() - start)
     verdicts = [Verdict(name, d.name, UNJUDGED) for d in drivers]
+    if answer.get("together") and (answer["hurt"] or guest.splats(since)):
+        guest.machine.state = Runstate.CRASHED
+        return verdicts
     attributed = set()
     for v, d, record in zip(verdicts, drivers, records, strict=False):
         v.steps = [Step(**step) for step in record["steps"]]
@@ -109,7 +115,8 @@ def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extrac
         v.decide(drivers[i], Health(splats=splats.scan(records[i]["kmsg"]) + late, stuck=records[i]["stuck"]))
     if any(v.splats for v in verdicts):
         guest.machine.state = Runstate.CRASHED  # never handed out again
-    overhead = (time.monotonic() - start - sum(v.seconds for v in verdicts)) / max(1, len(records))
+    busy = max((v.seconds for v in verdicts), default=0.0) if together else sum(v.seconds for v in verdicts)
+    overhead = (time.monotonic() - start - busy) / (1 if together else max(1, len(records)))
     for v in verdicts[:len(records)]:
         v.seconds = round(v.seconds + overhead, 2)  # disks plugged and the judge started, shared out
     return verdicts
@@ -143,8 +150,8 @@ def usable_drivers(lab: Lab) -> list[str]:
 class ImageRunner:
     """Many images through one guest at a time; a damaged guest is replaced before the next."""
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
-        self.lab, self.workdir = lab, workdir
+    def __init__(self, lab: Lab, workdir: Path, together: bool = True) -> None:
+        self.lab, self.workdir, self.together = lab, workdir, together
         self.guest: Guest | None = None
         self.count = 0
         workdir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +179,14 @@ class ImageRunner:
         raw.write_bytes(item.image)  # bytes only: the host never parses or mounts it
         name = f"{item.source.name}#{item.index}"
         chosen = [DRIVERS[d] for d in drivers]
-        verdicts = judge_drivers(self._fresh_guest(len(chosen)), self._overlays(raw, len(chosen)),
-                                 name, item, chosen)
+        try:
+            verdicts = judge_drivers(self._fresh_guest(len(chosen)), self._overlays(raw, len(chosen)),
+                                     name, item, chosen, together=self.together)
+        except GuestError as exc:  # the guest never saw its disks: not the image's doing, yet
+            self.lab.progress(f"{name}: {exc}; judging it again on a fresh guest")
+            assert self.guest is not None
+            self.guest.machine.state = Runstate.CRASHED
+            verdicts = [Verdict(name, d.name, UNJUDGED) for d in chosen]
         for i, v in enumerate(verdicts):
             if v.verdict == UNJUDGED:
                 verdicts[i] = judge(self._fresh_guest(1), self._overlays(raw, 1)[0], name, item, chosen[i])

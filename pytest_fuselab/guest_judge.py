@@ -345,10 +345,42 @@ class KernelLog:
         return "\n".join(lines)
 
 
+def judge_together(drivers, deadlines):
+    """Every driver at once, each in a process of its own (on its own disk and mountpoint)."""
+    outputs, pids = [], []
+    for driver in drivers:
+        outputs.append(tempfile.TemporaryFile())
+        pid = os.fork()
+        if pid == 0:
+            start = time.monotonic()
+            try:
+                record = judge_driver(driver, deadlines)
+                record.update(stuck=[], kmsg="", seconds=round(time.monotonic() - start, 2))
+            except BaseException as exc:  # noqa: BLE001 (reported as this driver's failure)
+                record = {"name": driver["name"], "error": f"{type(exc).__name__}: {exc}"}
+            outputs[-1].write(json.dumps(record).encode())
+            outputs[-1].flush()
+            os._exit(0)
+        pids.append(pid)
+    records = []
+    for pid, output in zip(pids, outputs, strict=True):
+        os.waitpid(pid, 0)
+        output.seek(0)
+        records.append(json.loads(output.read() or b'{"error": "no record"}'))
+        output.close()
+    return records
+
+
 def main():
     spec = json.load(sys.stdin)
     stop = re.compile(spec.get("stop") or r"(?!)", re.M)
     log = KernelLog()
+    if spec.get("together") and len(spec["drivers"]) > 1:
+        records = judge_together(spec["drivers"], spec["deadlines"])
+        stuck, kmsg = stuck_tasks(), log.read()
+        hurt = bool(stuck or stop.search(kmsg) or any("error" in r for r in records))
+        json.dump({"verdicts": records, "together": True, "hurt": hurt, "stuck": stuck, "kmsg": kmsg}, sys.stdout)
+        return 0
     verdicts = []
     for driver in spec["drivers"]:
         start = time.monotonic()

@@ -134,9 +134,13 @@ def lab(tmp_path):
 
 
 @pytest.mark.guest
-def test_a_splat_is_blamed_on_its_driver_and_the_rest_judged_on_a_fresh_guest(lab, image, tmp_path, monkeypatch):
+@pytest.mark.parametrize("together", [True, False], ids=["together", "one-by-one"])
+def test_a_splat_is_blamed_on_its_driver_and_the_rest_judged_on_a_fresh_guest(lab, image, tmp_path, monkeypatch,
+                                                                              together):
+    """Together, a splat leaves every driver of the batch to be judged alone; one by one, the
+    driver that splatted keeps its verdict and those after it move to a fresh guest."""
     monkeypatch.setitem(DRIVERS, "warner", Warner("warner", "ext4"))
-    runner = containment.ImageRunner(lab, tmp_path / "run")
+    runner = containment.ImageRunner(lab, tmp_path / "run", together=together)
     try:
         first = runner._fresh_guest(3)
         verdicts = runner.judge_item(image, ["warner", "fuse2fs", "kernel"])
