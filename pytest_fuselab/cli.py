@@ -126,13 +126,20 @@ def cmd_repro(args: argparse.Namespace) -> int:
         for name in set(drivers) - set(usable):
             raise SettingError(f"--driver {name}: this guest's stack cannot run it "
                                f"({capabilities.of(lab).missing(DRIVERS[name].needs)}); use --stack with a service stack")
-        runner = containment.ImageRunner(lab, Path(tmp))
-        for _ in range(args.repeat):
-            for v in runner.run(items, drivers):
-                steps = " ".join(f"{s.name}={s.status}" for s in v.steps)
-                print(f"{v.verdict.upper():9} {v.driver:15} {v.image}  {steps}  server:{v.server}  "
-                      f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s", flush=True)
-                verdicts.append(v)
+        def said(v: containment.Verdict) -> None:
+            steps = " ".join(f"{s.name}={s.status}" for s in v.steps)
+            print(f"{v.verdict.upper():9} {v.driver:15} {v.image}  {steps}  server:{v.server}  "
+                  f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s", flush=True)
+            verdicts.append(v)
+
+        for n in range(args.repeat):
+            workdir = Path(tmp) / f"round{n}"
+            if args.guests > 1:
+                for v in containment.judge_images(lab, workdir, items, drivers, args.guests):
+                    said(v)
+            else:
+                for _v in containment.ImageRunner(lab, workdir).run(items, drivers, said):
+                    pass
     if args.json:
         Path(args.json).write_text("".join(json.dumps(v.to_json()) + "\n" for v in verdicts))
     if args.html:
@@ -221,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--driver", action="append", choices=list(DRIVERS),
                     help="driver to use (repeatable; default: all)")
     rp.add_argument("--repeat", type=int, default=1, help="run everything N times (how reliably it fires)")
+    rp.add_argument("--guests", type=int, default=1, help="guests judging images side by side (default 1)")
     rp.add_argument("--json", help="write the verdicts as JSON lines to this file")
     rp.add_argument("--html", help="write the images x drivers matrix as a self-contained HTML page")
     rp.add_argument("--size-limit", type=int, default=512, help="largest image to accept, in MiB (default 512)")

@@ -20,7 +20,7 @@ def test_repro_judges_each_image_and_driver(tmp_path):
     good = tmp_path / "good.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext4", str(good), "8M"], check=True)
     out = fuselab("repro", str(DATA / "syz_mount_image_ext4_40.syz"), str(good),
-                  "--driver", "kernel", "--driver", "fuse2fs", "--json", str(tmp_path / "v.jsonl"),
+                  "--driver", "kernel", "--driver", "fuse2fs", "--guests", "2", "--json", str(tmp_path / "v.jsonl"),
                   "--html", str(tmp_path / "m.html"))
     assert out.returncode == 0, out.stdout + out.stderr
     verdicts = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
