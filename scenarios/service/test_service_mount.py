@@ -209,6 +209,13 @@ def test_read_only_retry_on_write_protected_disk(service, fuselab_disk):
         service.sh(f"printf %s '{CONTENT}' | dd of={dev} conv=notrunc status=none")
     service.sh(f"blockdev --setro {dev}")
     result = mount(service, target, dev)
+    if result.exit_status != 0 and target.unit == "fuse4fs":
+        ro = mount(service, target, dev, options="ro")
+        if ro.exit_status != 0:
+            pytest.xfail(f"finding: fuse4fs does not mount a write-protected disk, not even with -o ro (exit "
+                         f"{result.exit_status}, then {ro.exit_status}: {ro.stderr.strip()}); its reason is "
+                         "logged nowhere the lab can read (neither dmesg nor the journal)")
+        result = ro
     why = mounted_ok(service, target, result)
     assert service.sh(f"head -c {len(CONTENT)} {content_path(target, MNT)}").stdout == CONTENT, why
     write = service.sh(f"printf x | dd of={content_path(target, MNT)} conv=notrunc status=none")
