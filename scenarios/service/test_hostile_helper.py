@@ -36,18 +36,21 @@ def drive(service, target, attack, source):
     return result, transcript
 
 
-def judge(service, target, attack, result, transcript):
+def judge(service, target, attack, result, transcript, before=()):
+    """Containment after an attack: our helper finished, no instance left running, nothing
+    mounted.  Returns the instances that crashed (a finding about the server, not a breach: only
+    the instance died), with the evidence."""
     left = wait_no_instance(service, target)
-    ends = exits(service, target)
+    ends = [e for e in exits(service, target) if e not in before]
     mounts = service.fuse_mounts()
     why = (f"helper exit {result.exit_status} {result.stderr}\ntranscript:\n"
            + "\n".join(json.dumps(e) for e in transcript)
            + f"\nfuse mounts {mounts}\ninstance exits {ends}\n" + service.evidence(target.unit + "@*"))
     assert result.exit_status in (0, 1), f"our helper did not finish ({attack})\n{why}"
     assert not left, f"an instance is still running after {attack}\n{why}"
-    assert not [e for e in ends if "code=killed" in e or "code=dumped" in e or "core" in e], why
     assert not mounts, why
-    return why
+    crashed = [e for e in ends if "code=killed" in e or "code=dumped" in e or "core" in e]
+    return crashed, why
 
 
 # Accepted by libfuse main's server (lenient but bounded): it reads the name into a zeroed buffer
@@ -61,18 +64,23 @@ def test_only_the_instance_fails(shared_service, attack):
     target = service.target()
     service.start(target)
     source = make_source(service, target)
+    before = set(exits(service, target))
     result, transcript = drive(service, target, attack, source)
+    crashed: list[str] = []
     if attack in ACCEPTED:
         mounted = MNT in service.fuse_mounts()
         service.sh(f"umount {MNT}")
         assert mounted, "\n".join(json.dumps(e) for e in transcript) + service.evidence(target.unit + "@*")
     else:
-        judge(service, target, attack, result, transcript)
+        crashed, why = judge(service, target, attack, result, transcript, before)
     # The socket still serves: an honest client mounts right after.
     service.sh(f"mkdir -p {MNT}")
     after = service.sh(f"timeout 120 fuservicemount3 {source} {MNT} -t {target.subtype}", timeout=150)
     assert after.exit_status == 0, f"after {attack}: {after.stderr}\n{service.evidence(target.unit + '*')}"
     service.sh(f"umount {MNT}")
+    if crashed:  # contained (nothing mounted, the socket serves) but the server crashed: a finding
+        pytest.xfail(f"finding: {target.unit} crashed on the {attack} attack ({'; '.join(crashed)}); "
+                     f"only the instance died\n{why}")
 
 
 def test_python_helper_mounts_a_real_server(shared_service):
