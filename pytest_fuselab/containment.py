@@ -86,8 +86,8 @@ def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extrac
         for d, disk in zip(drivers, disks, strict=True)]}                                   # kernel mount options
     failure, records, answer = "", [], {}
     try:
-        r = guest.run(JUDGE, input=json.dumps(spec), timeout=sum(DEADLINES.values()) * len(drivers) + 60,
-                      check=False)
+        most = sum(DEADLINES.values()) * (1 if together else len(drivers))  # the steps' own deadlines bound it
+        r = guest.run(JUDGE, input=json.dumps(spec), timeout=most + 60, check=False)
         if r.ok:
             answer = json.loads(r.stdout)
             records = answer["verdicts"]
