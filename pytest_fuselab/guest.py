@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import re
 import shlex
 import shutil
+import socket
+import stat
 import tarfile
 import tempfile
 import time
@@ -25,6 +29,38 @@ log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
 Progress = Callable[[str], None]
+
+
+_swept = False
+
+
+def sweep_socket_dirs(tmp: Path | None = None, older_than: float = 120) -> list[Path]:
+    """Remove socket directories of guests whose QEMU is gone (a run killed with SIGKILL cannot
+    remove its own): no one accepts on their QMP socket any more.  Once per process."""
+    global _swept
+    if _swept and tmp is None:
+        return []
+    _swept = True
+    removed = []
+    for directory in Path(tmp or tempfile.gettempdir()).glob("fuselab-*"):
+        qmp = directory / "qmp.sock"
+        try:
+            if directory.stat().st_uid != os.getuid() or time.time() - directory.stat().st_mtime < older_than:
+                continue
+            entries = list(directory.iterdir())
+            if not entries and re.fullmatch(r"fuselab-[a-z0-9_]{8}", directory.name):
+                raise ConnectionRefusedError  # its QEMU never started
+            if qmp not in entries or not all(stat.S_ISSOCK(e.lstat().st_mode) for e in entries):
+                continue  # not a guest's socket directory (work directories share the prefix)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                probe.connect(str(qmp))
+        except ConnectionRefusedError:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+        except OSError:
+            continue  # alive, busy or not ours to judge
+    return removed
 
 
 @dataclass
@@ -50,6 +86,7 @@ class Guest:
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir = rundir
         # Sockets live in a short private directory: only this process may connect to them.
+        sweep_socket_dirs()
         self.sockets = Path(tempfile.mkdtemp(prefix="fuselab-"))
         self.paths = RunPaths.in_dir(rundir, ssh_port, self.sockets)
         self.machine = Machine(spec, self.paths)

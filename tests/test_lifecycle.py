@@ -136,3 +136,37 @@ def test_shell_runs_over_ssh_in_a_fresh_guest():
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "fuselab\n"
+
+
+def test_socket_directories_of_dead_guests_are_swept(tmp_path):
+    """A run killed with SIGKILL leaves its socket directory; the next guest removes it, and only
+    it: not a live guest's, not a work directory with the same prefix."""
+    import socket
+
+    from pytest_fuselab.guest import sweep_socket_dirs
+
+    def socket_dir(name: str, listening: bool) -> tuple[Path, socket.socket]:
+        directory = tmp_path / name
+        directory.mkdir()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(directory / "qmp.sock"))
+        if listening:
+            server.listen(1)
+        os.utime(directory, (0, 0))
+        return directory, server
+
+    dead, dead_sock = socket_dir("fuselab-dead0001", listening=False)
+    dead_sock.close()
+    live, live_sock = socket_dir("fuselab-live0001", listening=True)
+    never = tmp_path / "fuselab-n_ver001"  # QEMU never started: nothing in it
+    never.mkdir()
+    os.utime(never, (0, 0))
+    work = tmp_path / "fuselab-repro-abc"
+    work.mkdir()
+    (work / "image.raw").write_bytes(b"x")
+    os.utime(work, (0, 0))
+    try:
+        assert sorted(sweep_socket_dirs(tmp_path)) == [dead, never]
+    finally:
+        live_sock.close()
+    assert live.exists() and work.exists() and not dead.exists() and not never.exists()
