@@ -229,10 +229,6 @@ def reap(pid, deadline):
 
 # -- one driver ------------------------------------------------------------------------------
 
-def is_mounted(mountpoint):
-    return fuseserver.is_mounted(mountpoint)
-
-
 def fate_of(path):
     if not path or not os.path.exists(path):
         return ""
@@ -279,7 +275,7 @@ def judge_driver(spec, deadlines):
     if unmount["status"] == 0 and fate and not wait_for_fate(fate, deadlines["unmount"]):
         unmount["status"] = 1
         unmount["said"] += f"\njudge: the server had not exited {deadlines['unmount']} s after the unmount"
-    if is_mounted(mnt):
+    if fuseserver.is_mounted(mnt):
         record["stuck_mount"] = True
         ctypes.CDLL(None, use_errno=True).umount2(mnt.encode(), MNT_DETACH)
     steps.append(unmount)
