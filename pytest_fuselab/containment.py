@@ -4,7 +4,6 @@ containment verdict (a FUSE driver may fail any way it likes, but never hurt the
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,6 @@ from .reproducers import Extracted
 from .verdict import Health, check
 
 MNT = "/mnt/hostile"  # each driver mounts at MNT-<driver>
-JUDGE = "python3 -S /usr/local/lib/fuselab/judge.py"  # guest_judge.py, in every guest
 MAX_DISKS = 20  # hot-plugged disks per guest before it is replaced
 DEADLINES = {"mount": 60, "walk": 120, "modify": 60, "unmount": 60, "fsck": 120}
 STOP = "|".join(pattern.pattern for pattern, _ in splats.STARTS)  # a splat ends a batch
@@ -85,15 +83,14 @@ def judge_drivers(guest: Guest, images: list[Path], name: str, extracted: Extrac
         d.judge_spec(disk.path, mountpoint(d), "" if d.fuse else extracted.mount_options)  # syzbot's options are
         for d, disk in zip(drivers, disks, strict=True)]}                                   # kernel mount options
     failure, records, answer = "", [], {}
+    most = sum(DEADLINES.values()) * (1 if together else len(drivers))  # the steps' own deadlines bound it
     try:
-        most = sum(DEADLINES.values()) * (1 if together else len(drivers))  # the steps' own deadlines bound it
-        r = guest.run(JUDGE, input=json.dumps(spec), timeout=most + 60, check=False)
-        if r.ok:
-            answer = json.loads(r.stdout)
-            records = answer["verdicts"]
+        answer = guest.judge(spec, timeout=most + 60) or {"error": f"no answer within {most + 60} s (killed)"}
+        if "error" in answer:
+            failure = f"the guest's judge failed: {answer['error'][-300:]}"
         else:
-            failure = f"the guest's judge failed (status {r.exit_status}): {r.stderr.strip()[-300:]}"
-    except (GuestError, ValueError, KeyError) as exc:
+            records = answer["verdicts"]
+    except (GuestError, KeyError) as exc:
         failure = f"the guest's judge gave no verdict: {exc}"
     if failure:
         return _unanswered(guest, since, name, drivers, failure, time.monotonic() - start)

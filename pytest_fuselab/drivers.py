@@ -90,19 +90,21 @@ class Driver:
             mount: list[str] = ["sandbox", fate_path(mountpoint), device, mountpoint, options]
         elif self.kept:
             mount = ["start", fate_path(mountpoint), mountpoint, *self.server_argv(device, mountpoint, options)]
-        else:
+        elif self.service:
             mount = ["sh", self.mount_command(device, mountpoint, options)]
+        else:  # kernel ext4: the mount command itself, no shell
+            mount = ["exec", "mount", "-t", "ext4", *(["-o", options] if options else []), device, mountpoint]
+        unmount: str | list[str] = self._umount(mountpoint)  # a shell command, or an argv the judge runs
+        if not self.service:
+            unmount = ["fusermount3", "-u", mountpoint] if self.user else ["umount", mountpoint]
         return {"name": self.name, "device": device, "mountpoint": mountpoint, "user": self.user,
-                "mount": mount, "unmount": self._umount(mountpoint), "fate": fate}
+                "mount": mount, "unmount": unmount, "fate": fate}
 
     def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:
         """What the FUSE server said (to explain a refusal), from wherever this driver's server writes."""
         if self.service:  # fuse4fs@ writes to /dev/ttyprintk: the kernel log, lines marked [U]
             command = f"dmesg | grep -F '[U]' | tail -n {lines}"
-        elif self.sandboxed:
-            unit = "fuselab-fs-" + fate_path(mountpoint).rpartition("/")[2].removesuffix(".json")
-            command = f"journalctl -q --no-pager -n {lines} -u {unit}"
-        elif self.fuse:
+        elif self.fuse:  # sandboxed too: systemd-run --pipe writes there
             command = f"tail -n {lines} {fate_path(mountpoint)}.log"
         else:
             command = f"dmesg | tail -n {lines}"

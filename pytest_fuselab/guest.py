@@ -214,6 +214,11 @@ class Guest:
             raise CommandFailed(result)
         return result
 
+    def judge(self, spec: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The guest's judge's answer to `spec` (guest_judge.py), or None past `timeout`."""
+        reply = self.channel.request("judge", wait=timeout + 30, spec=spec, timeout=timeout)
+        return None if reply["timed_out"] else dict(reply["answer"])
+
     def put(self, path: str, data: bytes | str | Path, mode: int = 0o644) -> None:
         """Write a file in the guest from bytes, text, or a host file."""
         raw = data.read_bytes() if isinstance(data, Path) else data.encode() if isinstance(data, str) else data

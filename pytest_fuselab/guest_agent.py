@@ -2,11 +2,12 @@
 """The command agent that runs inside the guest (copied into the image, stdlib only).
 
 It serves one virtio-serial port with newline-delimited JSON requests:
-``{"id": N, "op": "run"|"put"|"get"|"ping"|"disk", ...}`` and answers each with
+``{"id": N, "op": "run"|"put"|"get"|"ping"|"disk"|"judge", ...}`` and answers each with
 ``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": "..."}``.
 Requests run in threads, so the host can have several commands in flight.
 Command output goes to temporary files, not pipes: a daemon that inherits
-stdout (a FUSE server, say) cannot keep a command from finishing.
+stdout (a FUSE server, say) cannot keep a command from finishing.  "judge" hands a spec to
+the resident judge (judge.py --serve, started on first use) and returns its answer.
 """
 
 import base64
@@ -14,6 +15,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,9 @@ import time
 PORT_NAME = "org.fuselab.agent"
 WORK_DIR = "/run/fuselab-agent"
 SERVERS_DIR = "/run/fuselab/servers"
+JUDGE = "/usr/local/lib/fuselab/judge.py"
+JUDGE_SOCKET = "/run/fuselab/judge.sock"
+judge_lock = threading.Lock()
 
 
 def find_port():
@@ -109,7 +114,48 @@ def op_disk(req):
     raise TimeoutError(f"no disk with serial {req['serial']!r} appeared")
 
 
-OPS = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping, "disk": op_disk}
+def judge_connection():
+    """A connection to the resident judge, started first if it does not answer."""
+    with judge_lock:
+        deadline = None
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(JUDGE_SOCKET)
+                return conn
+            except OSError:
+                conn.close()
+            if deadline is None:
+                deadline = time.monotonic() + 60
+                with open(os.path.join(WORK_DIR, "judge.log"), "ab") as log:
+                    subprocess.Popen(["/usr/bin/python3", "-S", JUDGE, "--serve", JUDGE_SOCKET],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"the resident judge did not listen on {JUDGE_SOCKET} within 60 s")
+            time.sleep(0.05)
+
+
+def op_judge(req):
+    """Judge req["spec"] in the resident judge; past req["timeout"], kill that judge."""
+    start = time.monotonic()
+    with judge_connection() as conn, conn.makefile("rb") as reader:
+        conn.sendall(json.dumps(req["spec"]).encode() + b"\n")
+        conn.settimeout(req.get("timeout"))
+        pid = None
+        try:
+            pid = json.loads(reader.readline())["pid"]
+            answer = reader.read()
+        except TimeoutError:
+            if pid:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return {"timed_out": True, "duration": time.monotonic() - start}
+    return {"timed_out": False, "answer": json.loads(answer), "duration": time.monotonic() - start}
+
+
+OPS = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping, "disk": op_disk, "judge": op_judge}
 
 
 class Agent:

@@ -13,21 +13,21 @@ a keeper process stays behind as the server's parent and writes its fate (exit s
 core dump) to F as one JSON object when it ends.
 
 `sandbox` is libfuse's mount-service split done with the released stack: this (privileged)
-side opens /dev/fuse and mounts; fuse2fs gets the connection as /dev/fd/N and runs in a
+side opens /dev/fuse and mounts; fuse2fs gets the connection as /dev/fd/0 and runs in a
 transient systemd service sandboxed like e2fsprogs' fuse4fs@.service: a dynamic unprivileged
 user, no capabilities, no network, NoNewPrivileges, a system-call filter, a read-only system,
-access to its own disk only.  systemd connects the service's stdin to a socket of ours, over
-which the FUSE fd is passed, so the sandbox needs no socket of its own; inside, the same keeper
-as `start` writes the server's fate.
+access to its own disk only.  `systemd-run --pipe` hands its own stdin (the connection), stdout
+and stderr (the log) to the service and waits for it, so the keeper of `start` keeps
+systemd-run: its exit status is the server's, and a signal is named in its last words.  Nothing
+but fuse2fs runs in the sandbox.
 """
 
-import array
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,7 +35,6 @@ import time
 
 STATE = "/run/fuselab/servers"
 CORES = "/var/lib/fuselab/cores"
-SELF = os.path.abspath(__file__)
 MS_NOSUID, MS_NODEV = 2, 4
 
 # Close to fuse4fs@.service (e2fsprogs), for fuse2fs 1.47.4 which opens its device by name.
@@ -54,6 +53,8 @@ SANDBOX = [
     "LimitCORE=infinity", f"ReadWritePaths={CORES}", f"WorkingDirectory={CORES}",
     "OOMPolicy=continue", "OOMScoreAdjust=-1000",
 ]
+# How `systemd-run --wait` says its service ended ("code=dumped, status=11/SEGV").
+TERMINATED = re.compile(r"Main processes terminated with: code=(\w+), status=\d+/(\w+)")
 
 
 def describe(status):
@@ -92,17 +93,18 @@ def prepare(fate):
             os.unlink(stale)  # the lab removes another user's records before (Driver.prepare_command)
 
 
-def keep(fate, argv, log=None, handed=()):
+def keep(fate, argv, log=None, stdin=None, server=None):
     """Run the server `argv` as our child, wait for it and write its fate (we are its keeper).
 
-    `handed` are fds for the server alone: the keeper closes its copies, so that a dead server
-    really ends its FUSE connection."""
-    server = os.fork()
-    if server == 0:
+    `stdin` is an fd for the server alone (its FUSE connection): the keeper closes its copy, so
+    that a dead server really ends the connection.  `server` names a server that `argv` runs
+    through `systemd-run --pipe --wait`, whose fate is then read from systemd-run's words."""
+    child = os.fork()
+    if child == 0:
         if log:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 1), os.dup2(fd, 2)
-        os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+        os.dup2(stdin if stdin is not None else os.open("/dev/null", os.O_RDONLY), 0)
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         if os.access(CORES, os.W_OK):
             os.chdir(CORES)
@@ -111,38 +113,54 @@ def keep(fate, argv, log=None, handed=()):
         except OSError as exc:
             print(f"fuseserver: cannot run {argv[0]}: {exc}", file=sys.stderr)
             os._exit(127)
-    for fd in handed:
-        os.close(fd)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(server, signal.SIGTERM))
+    if stdin is not None:
+        os.close(stdin)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
     while True:
         try:
-            _, status = os.waitpid(server, 0)
+            _, status = os.waitpid(child, 0)
             break
         except InterruptedError:
             continue
-    write_fate(fate, {"server": os.path.basename(argv[0]), "pid": server, **describe(status)})
+    record = describe(status)
+    if server:
+        said = TERMINATED.findall(tail(log, 10)) if log else []
+        if said and said[-1][0] in ("killed", "dumped"):  # its last words, after the server's own
+            record = {"exit": None, "signal": f"SIG{said[-1][1]}", "core": said[-1][0] == "dumped"}
+    write_fate(fate, {"server": server or os.path.basename(argv[0]), "pid": child, **record})
     return 0
 
 
-def start(fate, mountpoint, argv):
-    """Run `argv` (a FUSE server in the foreground) under a keeper; wait for the mount."""
+def start(fate, mountpoint, argv, stdin=None, server=None):
+    """Run `argv` (a FUSE server in the foreground) under a keeper; wait for the mount to answer."""
     prepare(fate)
     log = f"{fate}.log"
     if os.fork() == 0:
         os.setsid()
         for fd in (0, 1, 2):
             os.dup2(os.open("/dev/null", os.O_RDWR), fd)
-        os._exit(keep(fate, argv, log))
+        os._exit(keep(fate, argv, log, stdin, server))
+    if stdin is not None:
+        os.close(stdin)
     while True:
-        if is_mounted(mountpoint):
-            return 0
         if os.path.exists(fate):
             with open(fate) as f:
                 record = json.load(f)
             sys.stderr.write(tail(log))
-            print(f"fuseserver: {argv[0]} ended before mounting: {fate_text(record)}", file=sys.stderr)
+            print(f"fuseserver: {server or argv[0]} ended before mounting: {fate_text(record)}", file=sys.stderr)
             return record["exit"] or 1
+        if is_mounted(mountpoint) and (stdin is None or answers(mountpoint)):  # ours: once served
+            return 0
         time.sleep(0.02)
+
+
+def answers(mountpoint):
+    """Whether the filesystem at `mountpoint` answers a stat (a FUSE server: once it serves)."""
+    try:
+        os.stat(mountpoint)
+        return True
+    except OSError:
+        return False
 
 
 def fate_text(record):
@@ -165,69 +183,20 @@ def fuse_mount(device, mountpoint):
 
 
 def sandbox(fate, device, mountpoint, options):
-    """Mount here, run fuse2fs in a sandboxed transient unit with the connection fd."""
+    """Mount here, run fuse2fs on the connection in a sandboxed transient unit, kept by us."""
     prepare(fate)
     device = os.path.realpath(device)
-    name = os.path.basename(fate).replace(".json", "")
-    unit = f"fuselab-fs-{name}"
-    sock_path = f"{fate}.sock"
+    unit = f"fuselab-fs-{os.path.basename(fate).removesuffix('.json')}-{os.getpid()}"
     os.makedirs(CORES, mode=0o1777, exist_ok=True)
     os.chmod(CORES, 0o1777)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(sock_path):
-        os.unlink(sock_path)
-    listener.bind(sock_path)
-    listener.listen(1)
+    server = ["fuse2fs", "-f", device, "/dev/fd/0"] + (["-o", options] if options else [])
+    props = [f"--property={p}" for p in SANDBOX + [f"DeviceAllow={device} rw"]]
+    argv = ["systemd-run", "--pipe", "--wait", "--collect", f"--unit={unit}", *props, *server]
     fd = fuse_mount(device, mountpoint)
-    server = ["/usr/bin/python3", "-S", SELF, "serve", "--fate", fate, "--", "fuse2fs", "-f", device, "/dev/fd/3"]
-    if options:
-        server += ["-o", options]
-    props = [f"--property={p}" for p in SANDBOX + [f"DeviceAllow={device} rw", f"ReadWritePaths={STATE}",
-                                                  f"StandardInput=file:{sock_path}",
-                                                  "StandardOutput=journal", "StandardError=journal"]]
-    argv = ["systemd-run", "--quiet", "--collect", f"--unit={unit}", *props, *server]
-    run = subprocess.run(argv, capture_output=True, text=True)
-    if run.returncode != 0 and "already" in run.stderr:  # a unit of the same name not collected yet
-        subprocess.run(["systemctl", "reset-failed", f"{unit}.service"], capture_output=True)
-        run = subprocess.run(argv, capture_output=True, text=True)
-    if run.returncode != 0:
-        os.close(fd)
-        subprocess.run(["umount", mountpoint])
-        print(f"fuseserver: systemd-run failed: {run.stderr.strip()}", file=sys.stderr)
-        return 1
-    listener.settimeout(30)
-    conn, _ = listener.accept()
-    conn.sendmsg([b"fuse"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    conn.close(), listener.close(), os.close(fd), os.unlink(sock_path)
-    try:
-        os.stat(mountpoint)  # answered by fuse2fs once it has opened the filesystem
-        return 0
-    except OSError as exc:
-        wait(fate, 10)
-        journal = subprocess.run(["journalctl", "-q", "--no-pager", "-n", "20", "-u", unit],
-                                 capture_output=True, text=True).stdout
-        sys.stderr.write(journal)
-        print(f"fuseserver: fuse2fs in {unit} failed to serve {mountpoint}: {exc.strerror}", file=sys.stderr)
+    status = start(fate, mountpoint, argv, stdin=fd, server="fuse2fs")
+    if status != 0 and is_mounted(mountpoint):
         subprocess.run(["umount", mountpoint], capture_output=True)
-        return 1
-
-
-def serve(fate, argv):
-    """Inside the unit: take the FUSE fd from stdin (our socket) as fd 3, keep the server."""
-    conn = socket.socket(fileno=0)
-    fds = array.array("i")
-    _, ancdata, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(fds.itemsize))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    if not fds:
-        print("fuseserver: no FUSE fd arrived on stdin", file=sys.stderr)
-        return 1
-    os.dup2(fds[0], 3, inheritable=True)
-    os.close(fds[0])
-    conn.detach()
-    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-    return keep(fate, argv, handed=(3,))
+    return status
 
 
 def wait(fate, timeout):
@@ -243,18 +212,11 @@ def wait(fate, timeout):
 
 
 def warm():
-    """Run the sandbox once with a no-op, so a snapshot taken after this starts servers fast."""
+    """Run fuse2fs once in the sandbox, so a snapshot taken after this starts servers fast."""
     os.makedirs(CORES, mode=0o1777, exist_ok=True)
     props = [f"--property={p}" for p in SANDBOX]
-    unit = "fuselab-warm"
-    subprocess.run(["systemd-run", "--quiet", "--collect", f"--unit={unit}", *props, "/usr/bin/python3",
-                    "-S", "-c", "import array, ctypes, json, resource, socket, subprocess"], check=True)
-    deadline = time.monotonic() + 60  # systemd-run --wait needs D-Bus, which guests do not have
-    while subprocess.run(["systemctl", "is-active", "--quiet", unit]).returncode == 0:
-        if time.monotonic() > deadline:
-            return 1
-        time.sleep(0.1)
-    return 0
+    return subprocess.run(["systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--unit=fuselab-warm",
+                           *props, "fuse2fs", "-V"], stdin=subprocess.DEVNULL, capture_output=True).returncode
 
 
 def option(args, name, default=None):
@@ -276,8 +238,6 @@ def main(args):
     if command == "sandbox":
         options = option(args, "-o", "")
         return sandbox(fate, args[0], args[1], options)
-    if command == "serve":
-        return serve(fate, rest)
     if command == "warm":
         return warm()
     if command == "wait":

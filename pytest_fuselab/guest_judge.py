@@ -5,6 +5,10 @@ The lab puts this file into every guest as /usr/local/lib/fuselab/judge.py, next
 fuseserver.py (guest_fuseserver.py), whose keeper and sandbox it uses in-process.
 
     judge.py < SPEC.json     prints {"verdicts": [...]} as one JSON object
+    judge.py --serve SOCKET  stays resident: each connection sends SPEC (one line) and gets
+                             {"pid": N} (one line), then the answer; it is judged by a fork
+                             of the server, so Python and these modules start once per guest
+                             (the agent's "judge" request, guest_agent.py, uses it)
 
 SPEC is {"deadlines": {step: seconds}, "stop": REGEX, "drivers": [{"name", "device",
 "mountpoint", "user", "mount", "unmount", "fate"}, ...]}, built by the host
@@ -17,7 +21,9 @@ child process (as the driver's user) with a deadline, its errno recorded.  Then 
 server's fate, whether the mount could be removed, tasks stuck in D state, and the kernel log
 of that driver alone (read from /dev/kmsg), so the host can tell which driver a splat belongs
 to.  When a driver's kernel log matches `stop`, the remaining drivers are not run: the host
-runs them on a fresh guest.
+runs them on a fresh guest.  The mounts are made in a mount namespace of the judge's own:
+systemd does not track them (a mount unit per mount costs more than the mount under TCG), and
+whatever a judge leaves mounted goes away with its namespace.
 """
 
 import ctypes
@@ -28,6 +34,7 @@ import pwd
 import re
 import select
 import signal
+import socket
 import stat
 import sys
 import tempfile
@@ -41,6 +48,7 @@ except ImportError:  # imported on the host, by the project's tests
 WALK_ENTRIES, WALK_FILES, READ_LIMIT = 5000, 2000, 64 << 20
 STUCK_GRACE = 5.0
 MNT_DETACH = 2
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
 
 
 class StepFailed(Exception):
@@ -58,10 +66,28 @@ def run_shell(command):
     os.execv("/bin/sh", ["/bin/sh", "-c", command])
 
 
+def run(command):
+    """A shell command (a string), or an argv run directly: a shell is a process more (under TCG,
+    tens of milliseconds), and ["umount", PATH] is the system call itself."""
+    if isinstance(command, str):
+        run_shell(command)
+    if command[0] == "umount" and len(command) == 2:
+        if ctypes.CDLL(None, use_errno=True).umount2(command[1].encode(), 0):
+            err = ctypes.get_errno()
+            raise StepFailed(f"umount {command[1]}", OSError(err, os.strerror(err)))
+        return 0
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        raise StepFailed(f"cannot run {command[0]}", exc) from None
+
+
 def do_mount(spec):
     kind, args = spec["mount"][0], spec["mount"][1:]
     if kind == "sh":
         run_shell(args[0])
+    if kind == "exec":
+        return run(args)
     if kind == "start":
         return fuseserver.start(args[0], args[1], args[2:])
     if kind == "sandbox":
@@ -153,7 +179,7 @@ def modify(top):
     attempt("rename .fl-new", os.rename, ".fl-new", ".fl-renamed")
     fd = attempt("create .fl-big", os.open, ".fl-big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     block = b"\0" * (64 << 10)
-    for _ in range(16):
+    for _ in range(2):  # 128 KiB: blocks to allocate, without making the server's CPU the cost
         attempt("write .fl-big", os.write, fd, block)
     attempt("fsync .fl-big", os.fsync, fd)
     os.close(fd)
@@ -271,7 +297,7 @@ def judge_driver(spec, deadlines):
         ended = fate_of(fate) if record["server"] == "-" else ""
         if ended:
             record["server"] = f"{ended} during {name}"
-    unmount = in_child("unmount", deadlines["unmount"], user, run_shell, spec["unmount"])
+    unmount = in_child("unmount", deadlines["unmount"], user, run, spec["unmount"])
     if unmount["status"] == 0 and fate and not wait_for_fate(fate, deadlines["unmount"]):
         unmount["status"] = 1
         unmount["said"] += f"\njudge: the server had not exited {deadlines['unmount']} s after the unmount"
@@ -281,7 +307,7 @@ def judge_driver(spec, deadlines):
     steps.append(unmount)
     if fate and record["server"] == "-":
         record["server"] = fate_of(fate) or "still running after the unmount"
-    steps.append(in_child("fsck", deadlines["fsck"], None, run_shell, f"e2fsck -fn {spec['device']}"))
+    steps.append(in_child("fsck", deadlines["fsck"], None, run, ["e2fsck", "-fn", spec["device"]]))
     return record
 
 
@@ -367,16 +393,24 @@ def judge_together(drivers, deadlines):
     return records
 
 
-def main():
-    spec = json.load(sys.stdin)
+def own_mount_namespace():
+    """Mount from here on in a private copy of the mount namespace."""
+    os.unshare(os.CLONE_NEWNS)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+        raise OSError(ctypes.get_errno(), "making / private in the judge's mount namespace")
+
+
+def judge(spec):
+    """The answer to one SPEC: every driver's record, and in `together` mode what hurt."""
     stop = re.compile(spec.get("stop") or r"(?!)", re.M)
+    own_mount_namespace()
     log = KernelLog()
     if spec.get("together") and len(spec["drivers"]) > 1:
         records = judge_together(spec["drivers"], spec["deadlines"])
         stuck, kmsg = stuck_tasks(), log.read()
         hurt = bool(stuck or stop.search(kmsg) or any("error" in r for r in records))
-        json.dump({"verdicts": records, "together": True, "hurt": hurt, "stuck": stuck, "kmsg": kmsg}, sys.stdout)
-        return 0
+        return {"verdicts": records, "together": True, "hurt": hurt, "stuck": stuck, "kmsg": kmsg}
     verdicts = []
     for driver in spec["drivers"]:
         start = time.monotonic()
@@ -387,9 +421,54 @@ def main():
         verdicts.append(record)
         if record["stuck"] or stop.search(record["kmsg"]):
             break  # the kernel is hurt: the host runs the rest on a fresh guest
-    json.dump({"verdicts": verdicts}, sys.stdout)
+    return {"verdicts": verdicts}
+
+
+def answer(conn):
+    """In a fork of the server: read one SPEC from `conn`, send our pid, then the answer."""
+    os.setsid()  # the agent kills the whole group when the host gives up on us
+    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+    with conn.makefile("rb") as reader:
+        line = reader.readline()
+    try:
+        reply = judge(json.loads(line))
+    except Exception as exc:  # noqa: BLE001 (the host shows it as the judge's failure)
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    conn.sendall(json.dumps(reply).encode())
+
+
+def serve(path):
+    """Stay resident on the unix socket `path`; judge each connection in a fork."""
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    while True:
+        conn, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            code = 1
+            try:
+                answer(conn)
+                code = 0
+            finally:
+                os._exit(code)
+        conn.close()
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap the judges that have finished
+                pass
+        except ChildProcessError:
+            pass
+
+
+def main(args):
+    if args[:1] == ["--serve"]:
+        return serve(args[1])
+    json.dump(judge(json.load(sys.stdin)), sys.stdout)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

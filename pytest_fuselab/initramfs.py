@@ -38,6 +38,7 @@ if [ -d /fuselab ]; then  # the lab's guest programs travel in their own initram
     echo "kernel.core_pattern=/var/lib/fuselab/cores/core.%e.%p" > /newroot/etc/sysctl.d/10-coredump-debian.conf
     cp /fuselab/* /newroot/usr/local/lib/fuselab/
     cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent && chmod 755 /newroot/usr/local/sbin/fuselab-agent
+    mkdir -p /newroot/etc/udev/rules.d && cp /fuselab/*.rules /newroot/etc/udev/rules.d/
 fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev

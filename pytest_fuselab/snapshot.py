@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .cache import cache_dir, file_lock, require_space
 from .errors import BootError, GuestError
 from .guest import Guest
+from . import qemu
 from .qemu import MachineSpec, kernel_cmdline, qemu_version
 from .sparse import file_sha256
 
@@ -58,6 +59,7 @@ class Snapshot:
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
     data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items() if v is not None},
             "cmdline": kernel_cmdline(spec.cmdline), "qemu": qemu_version(spec.qemu),
+            "cpu": qemu.accel_args(spec.accel, spec.cpus),  # a state only loads into the same CPU model
             "kernel": file_sha256(spec.kernel), "initrd": file_sha256(spec.initrd), "base": str(base),
             "base_mtime": base.stat().st_mtime_ns}
     if spec.modules is not None:  # a foreign kernel's modules disk (absent: keys stay as they were)
@@ -71,6 +73,7 @@ def settle(guest: Guest) -> None:
     guest.run("systemctl is-system-running --wait || true", timeout=120, check=False)
     # page in what every sandboxed FUSE server start needs (systemd's executor, python, fuse2fs)
     guest.run("python3 -S /usr/local/lib/fuselab/fuseserver.py warm; fuse2fs -V", timeout=120, check=False)
+    guest.judge({"drivers": []}, timeout=120)  # the resident judge starts, so every restore has it
     guest.run("sync", timeout=60)
 
 

@@ -82,17 +82,35 @@ def test_the_keeper_records_how_its_server_ended(tmp_path, command, expected):
 def test_the_keeper_closes_fds_meant_for_the_server_alone(tmp_path):
     program = load_guest_program(tmp_path)
     r, w = os.pipe()
-    os.set_inheritable(w, True)
     pid = os.fork()
-    if pid == 0:  # a keeper whose server holds the pipe's write end for a second
+    if pid == 0:  # a keeper whose server holds the pipe's write end (as its stdin) for a second
         os.close(r)
-        os.dup2(w, 9, inheritable=True)
-        os._exit(program.keep(str(tmp_path / "f.json"), ["sh", "-c", "sleep 1"], handed=(9,)))
+        os._exit(program.keep(str(tmp_path / "f.json"), ["sh", "-c", "sleep 1"], stdin=w))
     os.close(w)
     assert os.read(r, 1) == b""  # EOF: once the server exited, no copy of the fd stayed open
     os.waitpid(pid, 0)
     assert json.loads((tmp_path / "f.json").read_text())["exit"] == 0
     os.close(r)
+
+
+@pytest.mark.parametrize(("words", "status", "fate"), [
+    ("Main processes terminated with: code=dumped, status=11/SEGV", 255,
+     {"exit": None, "signal": "SIGSEGV", "core": True}),
+    ("Main processes terminated with: code=killed, status=6/ABRT", 255,
+     {"exit": None, "signal": "SIGABRT", "core": False}),
+    ("Main processes terminated with: code=exited, status=1/FAILURE", 1, {"exit": 1, "signal": None, "core": False}),
+])
+def test_a_sandboxed_servers_fate_is_read_from_systemd_run(tmp_path, words, status, fate):
+    """systemd-run --wait exits 255 when its service died of a signal, and names the signal."""
+    program = load_guest_program(tmp_path)
+    log = tmp_path / "f.json.log"
+    script = f"echo 'Main processes terminated with: code=dumped, status=1/X' ; echo '{words}' >&2; exit {status}"
+    pid = os.fork()
+    if pid == 0:  # the server's own output comes first; systemd-run's last words decide
+        os._exit(program.keep(str(tmp_path / "f.json"), ["sh", "-c", script], str(log), server="fuse2fs"))
+    os.waitpid(pid, 0)
+    record = json.loads((tmp_path / "f.json").read_text())
+    assert {k: record[k] for k in fate} == fate and record["server"] == "fuse2fs"
 
 
 def test_wait_without_a_fate_times_out(tmp_path, capsys):

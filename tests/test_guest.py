@@ -61,6 +61,20 @@ def test_disk_from_an_image_leaves_the_image_untouched(fuselab_guest, fuselab_di
     assert image.read_bytes() == content
 
 
+def test_udev_leaves_test_disks_alone(fuselab_guest, fuselab_disk):
+    """A plugged disk is neither probed nor watched by udev (guest_udev_*.rules): an ext4 image on
+    it gets no ID_FS_TYPE, and writing it sends no change event; the root disk keeps udev's care."""
+    disk = fuselab_disk("16M")
+    guest = fuselab_guest
+    guest.run(f"mkfs.ext4 -q {disk.path} && udevadm settle")
+    info = guest.run(f"udevadm info --query=property {disk.path}").stdout
+    assert "UDEV_DISABLE_PERSISTENT_STORAGE_RULES_FLAG=1" in info and "ID_FS_TYPE" not in info, info
+    assert "ID_FS_TYPE=ext4" in guest.run("udevadm info --query=property /dev/vda").stdout
+    events = guest.run(f"timeout 3 udevadm monitor --kernel --subsystem-match=block & sleep 1; "
+                       f"dd if=/dev/zero of={disk.path} bs=4k count=1 conv=fsync status=none; wait", timeout=30)
+    assert "change   /devices" not in events.stdout, events.stdout  # no watch, so no synthesised change
+
+
 def test_each_guest_starts_clean(fuselab_lab):
     with fuselab_lab.guest() as first:
         first.run("echo dirty > /root/marker && sync")

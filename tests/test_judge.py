@@ -66,6 +66,16 @@ def test_step_in_a_child_records_errno_status_and_words(tmp_path, monkeypatch):
     assert (shell["status"], shell["errno"], shell["said"]) == (32, "", "busy")
 
 
+def test_commands_run_without_a_shell_and_umount_is_the_system_call(tmp_path):
+    argv = guest_judge.in_child("fsck", 10, None, guest_judge.run, ["sh", "-c", "echo $0 >&2; exit 4", "direct"])
+    assert (argv["status"], argv["said"]) == (4, "direct")
+    missing = guest_judge.in_child("fsck", 10, None, guest_judge.run, ["/nonexistent/e2fsck", "-fn"])
+    assert (missing["status"], missing["errno"]) == (1, "ENOENT")
+    not_mounted = guest_judge.in_child("unmount", 10, None, guest_judge.run, ["umount", str(tmp_path)])
+    assert not_mounted["status"] == 1 and not_mounted["errno"] in ("EINVAL", "EPERM")  # EPERM when not root
+    assert f"umount {tmp_path}: " in not_mounted["said"]
+
+
 def test_a_step_past_its_deadline_is_killed():
     step = guest_judge.in_child("walk", 0.5, None, guest_judge.run_shell, "sleep 30")
     assert step["status"] == -1 and step["seconds"] < 5
@@ -88,9 +98,10 @@ def test_driver_specs_carry_what_the_judge_runs():
     spec = DRIVERS["fuse2fs-user"].judge_spec("/dev/vdb", "/mnt/hostile-fuse2fs-user")
     assert spec["mount"] == ["start", "/run/fuselab/servers/mnt-hostile-fuse2fs-user.json", "/mnt/hostile-fuse2fs-user",
                              "fuse2fs", "-f", "/dev/vdb", "/mnt/hostile-fuse2fs-user", "-o", "fakeroot"]
-    assert (spec["user"], spec["unmount"]) == ("fuselab", "fusermount3 -u /mnt/hostile-fuse2fs-user")
+    assert (spec["user"], spec["unmount"]) == ("fuselab", ["fusermount3", "-u", "/mnt/hostile-fuse2fs-user"])
     kernel = DRIVERS["kernel"].judge_spec("/dev/vdc", "/mnt/k", "errors=continue")
-    assert kernel["mount"] == ["sh", "mount -t ext4 -o errors=continue /dev/vdc /mnt/k"] and kernel["fate"] is None
+    assert kernel["mount"] == ["exec", "mount", "-t", "ext4", "-o", "errors=continue", "/dev/vdc", "/mnt/k"]
+    assert kernel["unmount"] == ["umount", "/mnt/k"] and kernel["fate"] is None
     assert DRIVERS["fuse2fs-sandbox"].judge_spec("/dev/vdd", "/mnt/s")["mount"][0] == "sandbox"
 
 
