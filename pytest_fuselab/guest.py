@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from qemu.qmp import ExecuteError
+
 from . import proc, splats
 from .channel import Channel, Result, decode
 from .errors import BootError, CommandFailed, GuestLost, GuestTimeout, MachineError
 from .machine import Machine, Runstate, tail
-from .qemu import MachineSpec, RunPaths
+from .qemu import DISK_BRIDGE, MachineSpec, RunPaths
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -293,7 +295,12 @@ class Guest:
             device["share-rw"] = True
         if block_size:
             device["logical_block_size"] = device["physical_block_size"] = block_size
-        self.machine.qmp("device_add", **device)
+        try:
+            self.machine.qmp("device_add", **device)
+        except ExecuteError as exc:  # the root bus is full: the bridge has 32 more slots
+            if "no slot" not in str(exc):
+                raise
+            self.machine.qmp("device_add", bus=DISK_BRIDGE, **device)
 
     def _seen(self, host_path: Path, name: str, timeout: float) -> Disk:
         reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout)

@@ -119,6 +119,14 @@ def net_args(ssh_port: int | None) -> list[str]:
     return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,id=net0-dev"]
 
 
+DISK_BRIDGE = "disks"  # a PCI bridge for hot-plugged disks once the root bus is full
+
+
+def bridge_args() -> list[str]:
+    """A PCI-PCI bridge with 32 more slots for hot-plugged disks (the root bus has about 25 free)."""
+    return ["-device", f"pci-bridge,id={DISK_BRIDGE},chassis_nr=1"]
+
+
 def rng_args() -> list[str]:
     return ["-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0"]
@@ -129,7 +137,8 @@ def build_argv(spec: MachineSpec, paths: RunPaths, incoming: Path | None = None)
             *accel_args(spec.accel, spec.cpus), "-nodefaults", "-display", "none",
             "-no-reboot", "-no-user-config",
             *boot_args(spec), *root_disk_args(paths.root), *modules_disk_args(spec.modules), *console_args(paths.console),
-            *agent_args(paths.agent), *qmp_args(paths.qmp), *net_args(paths.ssh_port), *rng_args()]
+            *agent_args(paths.agent), *qmp_args(paths.qmp), *net_args(paths.ssh_port), *rng_args(),
+            *bridge_args()]
     if incoming is not None:
         argv += ["-incoming", "defer"]
     return argv

@@ -59,7 +59,7 @@ class Snapshot:
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
     data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items() if v is not None},
             "cmdline": kernel_cmdline(spec.cmdline), "qemu": qemu_version(spec.qemu),
-            "cpu": qemu.accel_args(spec.accel, spec.cpus),  # a state only loads into the same CPU model
+            "argv": qemu.build_argv(spec, qemu.RunPaths.in_dir(Path("/run"))),  # a state loads into the same machine
             "kernel": file_sha256(spec.kernel), "initrd": file_sha256(spec.initrd), "base": str(base),
             "base_mtime": base.stat().st_mtime_ns}
     if spec.modules is not None:  # a foreign kernel's modules disk (absent: keys stay as they were)

@@ -61,6 +61,19 @@ def test_disk_from_an_image_leaves_the_image_untouched(fuselab_guest, fuselab_di
     assert image.read_bytes() == content
 
 
+def test_more_disks_than_the_root_pci_bus_has_slots(fuselab_guest, tmp_path):
+    """Past the root bus's free slots (about 25), disks go to the lab's PCI bridge."""
+    images = []
+    for i in range(28):
+        images.append(tmp_path / f"d{i}.img")
+        images[-1].write_bytes(b"fuselab disk %d\n" % i + bytes(1 << 20))
+    disks = fuselab_guest.attach_disks(images)
+    assert len({d.path for d in disks}) == 28
+    assert fuselab_guest.run(f"head -c 16 {disks[-1].path}").stdout == "fuselab disk 27\n"
+    bridged = fuselab_guest.run(f"readlink -f /sys/block/{disks[-1].path.removeprefix('/dev/')}").stdout
+    assert bridged.count("0000:") >= 2, f"the last disk is not behind the bridge: {bridged}"
+
+
 def test_udev_leaves_test_disks_alone(fuselab_guest, fuselab_disk):
     """A plugged disk is neither probed nor watched by udev (guest_udev_*.rules): an ext4 image on
     it gets no ID_FS_TYPE, and writing it sends no change event; the root disk keeps udev's care."""
