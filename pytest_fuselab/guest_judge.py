@@ -28,6 +28,7 @@ whatever a judge leaves mounted goes away with its namespace.
 
 import ctypes
 import errno
+import gc
 import json
 import os
 import pwd
@@ -427,6 +428,7 @@ def judge(spec):
 def answer(conn):
     """In a fork of the server: read one SPEC from `conn`, send our pid, then the answer."""
     os.setsid()  # the agent kills the whole group when the host gives up on us
+    gc.disable()  # a short life, forked again for every step: no collector touching shared pages
     conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
     with conn.makefile("rb") as reader:
         line = reader.readline()
@@ -445,6 +447,7 @@ def serve(path):
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(8)
+    gc.freeze()  # what is loaded now stays shared with every fork (see answer)
     while True:
         conn, _ = listener.accept()
         if os.fork() == 0:

@@ -39,6 +39,7 @@ if [ -d /fuselab ]; then  # the lab's guest programs travel in their own initram
     cp /fuselab/* /newroot/usr/local/lib/fuselab/
     cp /fuselab/agent.py /newroot/usr/local/sbin/fuselab-agent && chmod 755 /newroot/usr/local/sbin/fuselab-agent
     mkdir -p /newroot/etc/udev/rules.d && cp /fuselab/*.rules /newroot/etc/udev/rules.d/
+    mkdir -p /newroot/etc/systemd/journald.conf.d && cp /fuselab/journald.conf /newroot/etc/systemd/journald.conf.d/fuselab.conf
 fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev

@@ -12,13 +12,14 @@ from .errors import ImageError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 # Programs the lab puts into every guest (under /usr/local/lib/fuselab; *.rules also into
-# /etc/udev/rules.d), by guest name.
+# /etc/udev/rules.d, journald.conf into /etc/systemd/journald.conf.d), by guest name.
 GUEST_FILES = {
     "agent.py": Path(__file__).resolve().parent / "guest_agent.py",
     "fuseserver.py": Path(__file__).resolve().parent / "guest_fuseserver.py",
     "judge.py": Path(__file__).resolve().parent / "guest_judge.py",
     "59-fuselab-disks.rules": Path(__file__).resolve().parent / "guest_udev_early.rules",
     "99-zz-fuselab-disks.rules": Path(__file__).resolve().parent / "guest_udev_late.rules",
+    "journald.conf": Path(__file__).resolve().parent / "guest_journald.conf",
 }
 
 
