@@ -62,6 +62,10 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
             f"--basetemp={workdir / 'pytest'}", "-o", "console_output_style=classic"]
     if settings.kernel:
         argv.append(f"--fuselab-kernel={settings.kernel}")
+    if settings.modules:
+        argv.append(f"--fuselab-modules={settings.modules}")
+    if settings.stack != "debian":
+        argv.append(f"--fuselab-stack={settings.stack}")
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures (--json)
         status = pytest.main([a for a in argv if a], plugins=[durations])
     if status != 0 or durations.failed:

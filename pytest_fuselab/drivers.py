@@ -98,7 +98,8 @@ class Driver:
         if not self.service:
             unmount = ["fusermount3", "-u", mountpoint] if self.user else ["umount", mountpoint]
         return {"name": self.name, "device": device, "mountpoint": mountpoint, "user": self.user,
-                "mount": mount, "unmount": unmount, "fate": fate}
+                "mount": mount, "unmount": unmount, "fate": fate,
+                "units": f"{self.server}@*" if self.service else None}  # systemd's instances: their fate
 
     def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:
         """What the FUSE server said (to explain a refusal), from wherever this driver's server writes."""

@@ -37,6 +37,7 @@ import select
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -283,15 +284,42 @@ def wait_for_fate(path, seconds):
     return True
 
 
+SERVICE_ENDED = re.compile(r"Main process exited, code=(\w+), status=(\d+)/(\w+)")
+
+
+def unit_fate(journal):
+    """How the last instance in `journal` (systemd's words about a unit's instances) ended."""
+    ended = SERVICE_ENDED.findall(journal)
+    if ended:
+        code, status, name = ended[-1]
+        if code in ("killed", "dumped"):
+            return f"killed by SIG{name}" + (" (core dumped)" if code == "dumped" else "")
+        return f"exit status {status}"
+    return "exit status 0" if "Deactivated successfully" in journal else ""
+
+
+def service_fate(units, since):
+    """The fate of a service-mode server (an instance of `units`, owned by systemd) started
+    after `since`, from the journal (which may hear of the end a moment after the process went)."""
+    deadline = time.monotonic() + 3
+    while True:
+        journal = subprocess.run(["journalctl", "-q", "--no-pager", "-o", "cat", f"--since=@{int(since) - 1}",
+                                  "-u", units], capture_output=True, text=True).stdout
+        fate = unit_fate(journal)
+        if fate or time.monotonic() > deadline:
+            return fate
+        time.sleep(0.2)
+
+
 def judge_driver(spec, deadlines):
     """Every step of one driver; the record the host turns into a Verdict."""
     mnt, user, fate = spec["mountpoint"], spec.get("user"), spec.get("fate")
     record = {"name": spec["name"], "steps": [], "server": "-", "stuck_mount": False}
-    steps = record["steps"]
+    steps, began = record["steps"], time.time()
     prepare(spec)
     steps.append(in_child("mount", deadlines["mount"], user, do_mount, spec))
     if steps[-1]["status"] != 0:
-        record["server"] = fate_of(fate) or "-"
+        record["server"] = fate_of(fate) or (spec.get("units") and service_fate(spec["units"], began)) or "-"
         return record
     for name, fn in (("walk", walk), ("modify", modify)):
         steps.append(in_child(name, deadlines[name], user, fn, mnt))
@@ -308,6 +336,8 @@ def judge_driver(spec, deadlines):
     steps.append(unmount)
     if fate and record["server"] == "-":
         record["server"] = fate_of(fate) or "still running after the unmount"
+    elif spec.get("units"):  # the unmount step waited for the instance to go
+        record["server"] = service_fate(spec["units"], began) or "-"
     steps.append(in_child("fsck", deadlines["fsck"], None, run, ["e2fsck", "-fn", spec["device"]]))
     return record
 

@@ -76,6 +76,16 @@ def test_commands_run_without_a_shell_and_umount_is_the_system_call(tmp_path):
     assert f"umount {tmp_path}: " in not_mounted["said"]
 
 
+def test_a_service_instances_fate_is_read_from_systemds_words():
+    journal = ("Started fuse4fs@0-312-0.service - fuse4fs.\n"
+               "fuse4fs@0-312-0.service: Main process exited, code=dumped, status=11/SEGV\n"
+               "fuse4fs@0-312-0.service: Failed with result 'core-dump'.\n")
+    assert guest_judge.unit_fate(journal) == "killed by SIGSEGV (core dumped)"
+    assert guest_judge.unit_fate("x: Main process exited, code=exited, status=1/FAILURE\n") == "exit status 1"
+    assert guest_judge.unit_fate("fuse4fs@1-2-0.service: Deactivated successfully.\n") == "exit status 0"
+    assert guest_judge.unit_fate("Started fuse4fs@1-2-0.service\n") == ""
+
+
 def test_a_step_past_its_deadline_is_killed():
     step = guest_judge.in_child("walk", 0.5, None, guest_judge.run_shell, "sleep 30")
     assert step["status"] == -1 and step["seconds"] < 5
