@@ -90,9 +90,8 @@ def judge_drivers(guest: Guest, disks: list[Disk], name: str, extracted: Extract
     """Each driver on its own fresh copy of one image (disks[i], plugged into `guest`), all in
     one call of the guest's judge, one after the other or `together` (at once).  Drivers the judge cannot
     vouch for are left UNJUDGED: one after the other, those after a splat (their kernel was
-    already hurt); together, all of them when anything went wrong (no one to blame)."""
-    if not_ext4(extracted):
-        return skipped(extracted, name, drivers)
+    already hurt); together, all of them when anything went wrong (no one to blame).  Callers
+    skip images that are not ext2/3/4 before plugging disks for them."""
     start, since = time.monotonic(), guest.console_offset()
     spec = {"deadlines": DEADLINES, "stop": STOP, "together": together, "drivers": [
         d.judge_spec(disk.path, mountpoint(d), "" if d.fuse else extracted.mount_options)  # syzbot's options are

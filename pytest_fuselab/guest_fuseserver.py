@@ -53,8 +53,9 @@ SANDBOX = [
     "LimitCORE=infinity", f"ReadWritePaths={CORES}", f"WorkingDirectory={CORES}",
     "OOMPolicy=continue", "OOMScoreAdjust=-1000",
 ]
-# How `systemd-run --wait` says its service ended ("code=dumped, status=11/SEGV").
-TERMINATED = re.compile(r"Main processes terminated with: code=(\w+), status=\d+/(\w+)")
+# How systemd says a service's main process ended: `systemd-run --wait` ("Main processes terminated
+# with: code=dumped, status=11/SEGV") and PID 1 in the journal ("Main process exited, code=exited, ...").
+SYSTEMD_ENDED = re.compile(r"Main process(?:es terminated with:| exited,) code=(\w+), status=(\d+)/(\w+)")
 
 
 def describe(status):
@@ -63,6 +64,17 @@ def describe(status):
         return {"exit": None, "signal": signal.Signals(os.WTERMSIG(status)).name,
                 "core": os.WCOREDUMP(status)}
     return {"exit": os.WEXITSTATUS(status), "signal": None, "core": False}
+
+
+def systemd_fate(text):
+    """The fate record told by systemd's last words about a service in `text`, or None."""
+    said = SYSTEMD_ENDED.findall(text)
+    if not said:
+        return None
+    code, status, name = said[-1]
+    if code in ("killed", "dumped"):
+        return {"exit": None, "signal": f"SIG{name}", "core": code == "dumped"}
+    return {"exit": int(status), "signal": None, "core": False}
 
 
 def write_fate(path, fate):
@@ -123,10 +135,9 @@ def keep(fate, argv, log=None, stdin=None, server=None):
         except InterruptedError:
             continue
     record = describe(status)
-    if server:
-        said = TERMINATED.findall(tail(log, 10)) if log else []
-        if said and said[-1][0] in ("killed", "dumped"):  # its last words, after the server's own
-            record = {"exit": None, "signal": f"SIG{said[-1][1]}", "core": said[-1][0] == "dumped"}
+    told = systemd_fate(tail(log, 10)) if server and log else None  # its last words, after the server's own
+    if told and told["signal"]:  # systemd-run's own exit status is the server's otherwise
+        record = told
     write_fate(fate, {"server": server or os.path.basename(argv[0]), "pid": child, **record})
     return 0
 

@@ -284,17 +284,11 @@ def wait_for_fate(path, seconds):
     return True
 
 
-SERVICE_ENDED = re.compile(r"Main process exited, code=(\w+), status=(\d+)/(\w+)")
-
-
 def unit_fate(journal):
     """How the last instance in `journal` (systemd's words about a unit's instances) ended."""
-    ended = SERVICE_ENDED.findall(journal)
-    if ended:
-        code, status, name = ended[-1]
-        if code in ("killed", "dumped"):
-            return f"killed by SIG{name}" + (" (core dumped)" if code == "dumped" else "")
-        return f"exit status {status}"
+    record = fuseserver.systemd_fate(journal)
+    if record:
+        return fuseserver.fate_text(record)
     return "exit status 0" if "Deactivated successfully" in journal else ""
 
 

@@ -140,8 +140,9 @@ def test_real_server_fates(fuselab_guest, fuselab_disk, driver):
     assert guest.run("ls /var/lib/fuselab/cores").stdout.startswith("core.fuse2fs.")
     guest.run(f"umount {MNT}")
     assert mounted(guest, MNT) == ""
-    # The crashed server's close of the disk sends udev a change event; let it finish before the
-    # remount (an unprivileged fuse2fs sometimes got EACCES on the disk here: open question).
+    # Test disks are no longer watched by udev (guest_udev_late.rules), so no change event should
+    # follow the crashed server's close; settle anyway before the remount: an unprivileged fuse2fs
+    # once got EACCES on the disk here and the cause was never shown.
     guest.run("udevadm settle --timeout=30", check=False, timeout=60)
     d.mount(guest, disk.path, MNT)
     d.unmount(guest, MNT)
