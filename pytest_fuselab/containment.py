@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import splats
+from . import partitions, splats
 from .drivers import DRIVERS, Driver
 from .errors import GuestError
-from .guest import Disk, Guest, create_overlay
+from .guest import Disk, Guest
 from .lab import Lab
 from .machine import Runstate
 from .reproducers import Extracted
@@ -73,12 +73,14 @@ def skipped(extracted: Extracted, name: str, drivers: list[Driver]) -> list[Verd
             for d in drivers]
 
 
-def judge(guest: Guest, image: Path, name: str, extracted: Extracted, driver: Driver) -> Verdict:
-    """Run one image through one driver on a fresh disk of `guest` and say what happened."""
+def judge(guest: Guest, disk_file: Path, name: str, extracted: Extracted, driver: Driver) -> Verdict:
+    """Run one image through one driver on a fresh disk of `guest` (written to `disk_file`: the
+    image in a partition, as in a batch) and say what happened."""
     if not_ext4(extracted):
         return skipped(extracted, name, [driver])[0]
     start = time.monotonic()
-    disks = guest.attach_disks([image], fmt="qcow2")
+    partitions.write_disk(disk_file, extracted.image, 1)  # bytes only: the host never parses or mounts it
+    disks = guest.attach_partitions(disk_file, 1)
     plugged = time.monotonic() - start
     verdict = judge_drivers(guest, disks, name, extracted, [driver])[0]
     verdict.seconds = round(verdict.seconds + plugged, 2)
@@ -179,12 +181,8 @@ class ImageRunner:
             self.guest = self.lab.guest()
         return self.guest
 
-    def _overlays(self, raw: Path, count: int) -> list[Path]:
-        paths = []
-        for _ in range(count):
-            paths.append(self.workdir / f"disk{next(self.count)}.qcow2")
-            create_overlay(paths[-1], raw, fmt="raw")
-        return paths
+    def _disk_file(self) -> Path:
+        return self.workdir / f"disk{next(self.count)}.raw"
 
     def judge_item(self, item: Extracted, drivers: list[str]) -> list[Verdict]:
         """All `drivers` on one image: one batch, then alone on fresh guests what it left."""
@@ -192,11 +190,11 @@ class ImageRunner:
         chosen = [DRIVERS[d] for d in drivers]
         if not_ext4(item):
             return skipped(item, name, chosen)
-        raw = self.workdir / f"image{next(self.count)}.raw"
-        raw.write_bytes(item.image)  # bytes only: the host never parses or mounts it
+        batch = self._disk_file()  # a copy of the image per driver, a partition each; the host
+        partitions.write_disk(batch, item.image, len(chosen))  # writes its bytes, never parses them
         try:
-            guest = self._fresh_guest(len(chosen))
-            disks = guest.attach_disks(self._overlays(raw, len(chosen)), fmt="qcow2")
+            guest = self._fresh_guest(1)
+            disks = guest.attach_partitions(batch, len(chosen))
             verdicts = judge_drivers(guest, disks, name, item, chosen, together=self.together)
         except GuestError as exc:  # the guest never saw its disks: not the image's doing, yet
             self.lab.progress(f"{name}: {exc}; judging it again on a fresh guest")
@@ -205,8 +203,10 @@ class ImageRunner:
             verdicts = [Verdict(name, d.name, UNJUDGED) for d in chosen]
         for i, v in enumerate(verdicts):
             if v.verdict == UNJUDGED:
-                verdicts[i] = judge(self._fresh_guest(1), self._overlays(raw, 1)[0], name, item, chosen[i])
-        raw.unlink()
+                alone = self._disk_file()
+                verdicts[i] = judge(self._fresh_guest(1), alone, name, item, chosen[i])
+                alone.unlink()
+        batch.unlink()
         return verdicts
 
     def run(self, items: list[Extracted], drivers: list[str],

@@ -283,6 +283,17 @@ class Guest:
             self._plug(path, fmt, name, False, None)
         return [self._seen(path, name, timeout) for path, name in zip(host_paths, names, strict=True)]
 
+    def attach_partitions(self, host_path: Path, count: int, timeout: float = 30) -> list[Disk]:
+        """Hot-plug `host_path` (a raw disk file with a partition table, partitions.write_disk) and
+        return its first `count` partitions, once the guest sees them, as disks of their own."""
+        name = f"disk{len(self.disks) + 1}"
+        self._plug(host_path, "raw", name, False, None)
+        reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout,
+                                     partitions=count)
+        self.disks.append(Disk(name, host_path, reply["path"], int(reply["size"])))
+        return [Disk(f"{name}p{i + 1}", host_path, part["path"], int(part["size"]))
+                for i, part in enumerate(reply["partitions"][:count])]
+
     def _plug(self, host_path: Path, fmt: str, name: str, shared: bool, block_size: int | None) -> None:
         file_opts: dict[str, Any] = {"driver": "file", "filename": str(host_path)}
         if shared:

@@ -100,18 +100,41 @@ def op_ping(req):
 
 
 def op_disk(req):
-    """Wait until a virtio disk with the given serial appears; return its /dev path and size."""
+    """Wait until a virtio disk with the given serial appears (and its first `partitions`
+    partitions); return its /dev path and size, and each partition's."""
     deadline = time.monotonic() + req.get("timeout", 30)
     while time.monotonic() < deadline:
         for path in glob.glob("/sys/block/*/serial"):
             with open(path) as f:
                 if f.read().strip() == req["serial"]:
-                    dev = "/dev/" + path.split("/")[-2]
-                    if os.path.exists(dev):
-                        with open(os.path.join(os.path.dirname(path), "size")) as f:
-                            return {"path": dev, "size": int(f.read()) * 512}
+                    found = disk_nodes(os.path.dirname(path), req.get("partitions", 0))
+                    if found:
+                        return found
         time.sleep(0.02)
-    raise TimeoutError(f"no disk with serial {req['serial']!r} appeared")
+    raise TimeoutError(f"no disk with serial {req['serial']!r} appeared"
+                       + (f" with {req['partitions']} partitions" if req.get("partitions") else ""))
+
+
+def disk_nodes(sysdir, partitions):
+    """{"path", "size", "partitions": [{"path", "size"}]} of the disk at `sysdir`, once its
+    device node and those of its first `partitions` partitions exist; else None."""
+    def node(directory):
+        dev = "/dev/" + os.path.basename(directory)
+        if not os.path.exists(dev):
+            return None
+        with open(os.path.join(directory, "size")) as f:
+            return {"path": dev, "size": int(f.read()) * 512}
+
+    disk = node(sysdir)
+    parts = []
+    for entry in glob.glob(os.path.join(sysdir, "*", "partition")):
+        with open(entry) as f:
+            number = int(f.read())
+        if number <= partitions:
+            parts.append((number, node(os.path.dirname(entry))))
+    if disk is None or len(parts) < partitions or not all(p for _, p in parts):
+        return None
+    return {**disk, "partitions": [p for _, p in sorted(parts)]}
 
 
 def judge_connection():

@@ -128,3 +128,24 @@ def test_ssh_with_a_per_run_key_reaches_the_same_guest(fuselab_lab, tmp_path):
         with pytest.raises(paramiko.AuthenticationException):  # another key is refused
             stranger.connect("127.0.0.1", port=port, username="root", key_filename=str(make_key(tmp_path / "other")),
                              look_for_keys=False, allow_agent=False, timeout=60, banner_timeout=60)
+
+
+def test_partitioned_disk_gives_a_copy_per_partition(fuselab_guest, tmp_path):
+    """One hot-plugged disk, a copy of an image per GPT partition (partitions.write_disk): the guest's
+    kernel reads the table; each copy is a block device of its own, written without touching the others."""
+    import subprocess
+
+    from pytest_fuselab import partitions
+
+    image = tmp_path / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "copy", str(image), "8M"], check=True)
+    placed = partitions.write_disk(tmp_path / "disk.raw", image.read_bytes(), 3)
+    parts = fuselab_guest.attach_partitions(tmp_path / "disk.raw", 3)
+    assert [p.size for p in parts] == [size for _, size in placed] == [8 << 20] * 3
+    assert [p.path for p in parts] == [f"{parts[0].path[:-1]}{i}" for i in (1, 2, 3)]
+    guest = fuselab_guest
+    guest.run(f"mkdir -p /mnt/p1 && mount -t ext4 {parts[0].path} /mnt/p1 && echo one > /mnt/p1/f && umount /mnt/p1")
+    for part in parts:
+        guest.run(f"e2fsck -fn {part.path}")
+    assert guest.run(f"debugfs -R 'cat /f' {parts[0].path}").stdout.strip().endswith("one")
+    assert "File not found" in guest.run(f"debugfs -R 'cat /f' {parts[1].path}", check=False).stderr

@@ -184,11 +184,7 @@ def test_a_mount_that_cannot_be_removed_is_a_breach(lab, image, tmp_path, monkey
     driver = Sleeper("sleeper", "fuse.ext4")
     guest = lab.guest()
     try:
-        overlay = tmp_path / "disk.qcow2"
-        raw = tmp_path / "raw"
-        raw.write_bytes(image.image)
-        containment.create_overlay(overlay, raw, fmt="raw")
-        v = containment.judge(guest, overlay, "good.img#0", image, driver)
+        v = containment.judge(guest, tmp_path / "disk.raw", "good.img#0", image, driver)
     finally:
         guest.shutdown()
     steps = {s.name: s for s in v.steps}

@@ -18,7 +18,6 @@ from pytest_fuselab import corpus, reproducers
 from pytest_fuselab.cache import cache_dir, file_lock
 from pytest_fuselab.containment import judge
 from pytest_fuselab.drivers import DRIVERS
-from pytest_fuselab.guest import create_overlay
 from pytest_fuselab.keys import SETTINGS_KEY
 
 DEFAULT_SEED, DEFAULT_COUNT = 1, 4  # keeps the default suite inside the CI budget
@@ -49,11 +48,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_hostile_image(fuselab_guest, hostile, driver, tmp_path, record_property):
-    raw = tmp_path / "image.raw"
-    raw.write_bytes(hostile.image)
-    overlay = tmp_path / "image.qcow2"
-    create_overlay(overlay, raw, fmt="raw")
-    v = judge(fuselab_guest, overlay, f"{hostile.source.name}#{hostile.index}", hostile, DRIVERS[driver])
+    v = judge(fuselab_guest, tmp_path / "disk.raw", f"{hostile.source.name}#{hostile.index}", hostile, DRIVERS[driver])
     record_property("verdict", v.verdict)
     record_property("steps", " ".join(f"{s.name}={s.status}" for s in v.steps))
     if v.verdict == "skipped":

@@ -15,7 +15,6 @@ import pytest
 from pytest_fuselab import reproducers
 from pytest_fuselab.containment import judge
 from pytest_fuselab.drivers import DRIVERS
-from pytest_fuselab.guest import create_overlay
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "hostile_images"))
 from test_hostile_images import corpus_dir  # noqa: E402  (the same default corpus)
@@ -36,11 +35,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_hostile_image_through_the_service(service, hostile, tmp_path, record_property):
     service.require("fuse4fs-service")
     service.sh("systemctl restart fuse4fs.socket")
-    raw = tmp_path / "image.raw"
-    raw.write_bytes(hostile.image)
-    overlay = tmp_path / "image.qcow2"
-    create_overlay(overlay, raw, fmt="raw")
-    v = judge(service.guest, overlay, f"{hostile.source.name}#{hostile.index}", hostile, SERVICE)
+    v = judge(service.guest, tmp_path / "disk.raw", f"{hostile.source.name}#{hostile.index}", hostile, SERVICE)
     record_property("verdict", v.verdict)
     evidence = service.evidence("fuse4fs@*")
     assert v.verdict in ("contained", "skipped"), f"{v}\n{evidence}"
