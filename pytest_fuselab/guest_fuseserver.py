@@ -111,20 +111,23 @@ def keep(fate, argv, log=None, stdin=None, server=None):
     `stdin` is an fd for the server alone (its FUSE connection): the keeper closes its copy, so
     that a dead server really ends the connection.  `server` names a server that `argv` runs
     through `systemd-run --pipe --wait`, whose fate is then read from systemd-run's words."""
-    child = os.fork()
-    if child == 0:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    if os.access(CORES, os.W_OK):
+        os.chdir(CORES)  # the server inherits both: where its core dump lands
+    actions = [(os.POSIX_SPAWN_DUP2, stdin, 0) if stdin is not None else
+               (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    if log:
+        actions += [(os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                    (os.POSIX_SPAWN_DUP2, 1, 2)]
+    try:  # spawned, not forked: a fork of this Python would cost more than the server's start
+        child = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+    except OSError as exc:
         if log:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1), os.dup2(fd, 2)
-        os.dup2(stdin if stdin is not None else os.open("/dev/null", os.O_RDONLY), 0)
-        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        if os.access(CORES, os.W_OK):
-            os.chdir(CORES)
-        try:
-            os.execvp(argv[0], argv)
-        except OSError as exc:
-            print(f"fuseserver: cannot run {argv[0]}: {exc}", file=sys.stderr)
-            os._exit(127)
+            with open(log, "a") as f:
+                print(f"fuseserver: cannot run {argv[0]}: {exc}", file=f)
+        write_fate(fate, {"server": server or os.path.basename(argv[0]), "pid": None, "exit": 127,
+                          "signal": None, "core": False})
+        return 0
     if stdin is not None:
         os.close(stdin)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))

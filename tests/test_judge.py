@@ -66,12 +66,19 @@ def test_step_in_a_child_records_errno_status_and_words(tmp_path, monkeypatch):
     assert (shell["status"], shell["errno"], shell["said"]) == (32, "", "busy")
 
 
-def test_commands_run_without_a_shell_and_umount_is_the_system_call(tmp_path):
-    argv = guest_judge.in_child("fsck", 10, None, guest_judge.run, ["sh", "-c", "echo $0 >&2; exit 4", "direct"])
+@pytest.mark.parametrize("runner", ["in_child", "command_step"])
+def test_commands_run_without_a_shell_and_umount_is_the_system_call(tmp_path, runner):
+    def step(name, command):
+        if runner == "in_child":
+            return guest_judge.in_child(name, 10, None, guest_judge.run, command)
+        return guest_judge.command_step(name, 10, None, command)  # spawned, or in a child for umount
+
+    argv = step("fsck", ["sh", "-c", "echo $0 >&2; exit 4", "direct"])
     assert (argv["status"], argv["said"]) == (4, "direct")
-    missing = guest_judge.in_child("fsck", 10, None, guest_judge.run, ["/nonexistent/e2fsck", "-fn"])
+    missing = step("fsck", ["/nonexistent/e2fsck", "-fn"])
     assert (missing["status"], missing["errno"]) == (1, "ENOENT")
-    not_mounted = guest_judge.in_child("unmount", 10, None, guest_judge.run, ["umount", str(tmp_path)])
+    assert "cannot run /nonexistent/e2fsck: ENOENT" in missing["said"]
+    not_mounted = step("unmount", ["umount", str(tmp_path)])
     assert not_mounted["status"] == 1 and not_mounted["errno"] in ("EINVAL", "EPERM")  # EPERM when not root
     assert f"umount {tmp_path}: " in not_mounted["said"]
 
@@ -90,6 +97,9 @@ def test_a_step_past_its_deadline_is_killed():
     step = guest_judge.in_child("walk", 0.5, None, guest_judge.run_shell, "sleep 30")
     assert step["status"] == -1 and step["seconds"] < 5
     assert "no result within 0.5 s (killed)" in step["said"]
+    spawned = guest_judge.command_step("fsck", 0.5, None, ["sh", "-c", "sleep 30 & sleep 30"])
+    assert spawned["status"] == -1 and spawned["seconds"] < 5  # its whole session is killed
+    assert "no result within 0.5 s (killed)" in spawned["said"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")

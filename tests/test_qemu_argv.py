@@ -16,7 +16,7 @@ def test_tcg_argv_has_the_guest_pieces(tmp_path):
     argv = build_argv(spec(), RunPaths.in_dir(tmp_path))
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
-    assert "-accel tcg,thread=multi -cpu max -smp 2" in joined
+    assert "-accel tcg,thread=multi -cpu max,erms=off -smp 2" in joined
     assert "-no-reboot" in argv and "-nodefaults" in argv
     assert f"file={tmp_path}/root.qcow2,format=qcow2" in joined
     assert f"socket,id=agent,path={tmp_path}/agent.sock,server=on,wait=off" in joined
