@@ -286,12 +286,21 @@ class Guest:
     def attach_partitions(self, host_path: Path, count: int, timeout: float = 30) -> list[Disk]:
         """Hot-plug `host_path` (a raw disk file with a partition table, partitions.write_disk) and
         return its first `count` partitions, once the guest sees them, as disks of their own."""
-        name = f"disk{len(self.disks) + 1}"
-        self._plug(host_path, "raw", name, False, None)
-        reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{name}", timeout=timeout,
+        return self.partitions_of(self.plug_partitioned(host_path), count, timeout)
+
+    def plug_partitioned(self, host_path: Path) -> Disk:
+        """Hot-plug `host_path` without waiting for the guest to see it (see partitions_of)."""
+        disk = Disk(f"disk{len(self.disks) + 1}", host_path, "", 0)
+        self._plug(host_path, "raw", disk.name, False, None)
+        self.disks.append(disk)
+        return disk
+
+    def partitions_of(self, disk: Disk, count: int, timeout: float = 30) -> list[Disk]:
+        """The first `count` partitions of the plugged `disk`, once the guest sees them."""
+        reply = self.channel.request("disk", wait=timeout + 5, serial=f"fuselab-{disk.name}", timeout=timeout,
                                      partitions=count)
-        self.disks.append(Disk(name, host_path, reply["path"], int(reply["size"])))
-        return [Disk(f"{name}p{i + 1}", host_path, part["path"], int(part["size"]))
+        disk.path, disk.size = reply["path"], int(reply["size"])
+        return [Disk(f"{disk.name}p{i + 1}", disk.host_path, part["path"], int(part["size"]))
                 for i, part in enumerate(reply["partitions"][:count])]
 
     def _plug(self, host_path: Path, fmt: str, name: str, shared: bool, block_size: int | None) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,29 @@ def test_a_mount_that_cannot_be_removed_is_a_breach(lab, image, tmp_path, monkey
     assert steps["mount"].status == 0 and steps["walk"].status == 0
     assert steps["unmount"].status != 0 and "busy" in steps["unmount"].said, steps["unmount"]  # a cwd in there
     assert v.stuck_mount and v.verdict == "breach"  # a mount that cannot be removed is a breach
+
+
+@pytest.mark.guest
+def test_the_next_images_disk_is_plugged_while_a_batch_is_judged(lab, image, tmp_path, monkeypatch):
+    """The next image's disk goes in while the batch runs and is used by the next batch; after a
+    splat the guest is replaced and the disk plugged ahead into it is dropped, not used."""
+    monkeypatch.setitem(DRIVERS, "warner", Warner("warner", "ext4"))
+    second = extract(shutil.copy(image.source, tmp_path / "second.img"))[0]
+    third = extract(shutil.copy(image.source, tmp_path / "third.img"))[0]
+    runner = containment.ImageRunner(lab, tmp_path / "run")
+    try:
+        first_verdicts = runner.judge_item(image, ["kernel", "fuse2fs"], after=second)
+        guest = runner.guest
+        assert runner.ahead is not None and runner.ahead[0] is second and len(guest.disks) == 2
+        second_verdicts = runner.judge_item(second, ["kernel", "fuse2fs"], after=third)
+        assert runner.guest is guest and len(guest.disks) == 3  # the disk plugged ahead served
+        hurt = runner.judge_item(third, ["warner", "fuse2fs"], after=second)
+        assert runner.guest is not guest and runner.ahead is not None and runner.ahead[1] is guest
+        dropped = runner.ahead[2]
+        again = runner.judge_item(second, ["kernel", "fuse2fs"])
+        assert dropped not in runner.guest.disks and not dropped.host_path.exists()  # not taken
+    finally:
+        runner.close()
+    for v in first_verdicts + second_verdicts + again:
+        assert v.verdict in ("clean", "contained"), v
+    assert [v.verdict for v in hurt] == ["finding", "contained"]
