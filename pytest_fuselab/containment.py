@@ -23,8 +23,7 @@ MNT = "/mnt/hostile"  # each driver mounts at MNT-<driver>
 MAX_DISKS = 56  # hot-plugged disks per guest before it is replaced (PCI slots: qemu.bridge_args)
 DEADLINES = {"mount": 60, "walk": 120, "modify": 60, "unmount": 60, "fsck": 120}
 STOP = "|".join(pattern.pattern for pattern, _ in splats.STARTS)  # a splat ends a batch
-UNJUDGED = "unjudged"
-LOOK_AHEAD = True  # the batch stopped before this driver: judge it on a fresh guest
+UNJUDGED = "unjudged"  # the batch stopped before this driver: judge it on a fresh guest
 
 
 @dataclass
