@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import partitions, splats
 from .drivers import DRIVERS, Driver
@@ -23,6 +24,7 @@ MNT = "/mnt/hostile"  # each driver mounts at MNT-<driver>
 MAX_DISKS = 56  # hot-plugged disks per guest before it is replaced (PCI slots: qemu.bridge_args)
 DEADLINES = {"mount": 60, "walk": 120, "modify": 60, "unmount": 60, "fsck": 120}
 STOP = "|".join(pattern.pattern for pattern, _ in splats.STARTS)  # a splat ends a batch
+T = TypeVar("T")
 UNJUDGED = "unjudged"  # the batch stopped before this driver: judge it on a fresh guest
 
 
@@ -193,9 +195,8 @@ class ImageRunner:
             return skipped(item, name, chosen)
         disk = self._take_ahead(item)
         try:
-            if disk is None:
-                disk = self._plug(self._fresh_guest(1), item, len(chosen))
-            guest = self._fresh_guest(0)
+            guest = self._fresh_guest(0 if disk else 1)
+            disk = disk or self._plug(guest, item, len(chosen))
             disks = guest.partitions_of(disk, len(chosen))
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 batch = pool.submit(judge_drivers, guest, disks, name, item, chosen, self.together)
@@ -237,8 +238,8 @@ class ImageRunner:
     def run(self, items: list[Extracted], drivers: list[str],
             said: Callable[[Verdict], None] | None = None) -> Iterator[Verdict]:
         try:
-            for i, item in enumerate(items):
-                for verdict in self.judge_item(item, drivers, items[i + 1] if i + 1 < len(items) else None):
+            for item, after in with_next(items):
+                for verdict in self.judge_item(item, drivers, after):
                     if said:
                         said(verdict)
                     yield verdict
@@ -252,6 +253,11 @@ class ImageRunner:
             self.guest = None
 
 
+def with_next(items: list[T]) -> list[tuple[T, T | None]]:
+    """Each of `items` with the one after it (None after the last)."""
+    return list(zip(items, [*items[1:], None], strict=True))
+
+
 def judge_images(lab: Lab, workdir: Path, items: list[Extracted], drivers: list[str],
                  guests: int = 1) -> list[Verdict]:
     """Every item through `drivers`, spread over `guests` guests running side by side;
@@ -262,8 +268,8 @@ def judge_images(lab: Lab, workdir: Path, items: list[Extracted], drivers: list[
 
     def work(runner: ImageRunner, share: list[int]) -> None:
         try:
-            for n, i in enumerate(share):
-                results[i] = runner.judge_item(items[i], drivers, items[share[n + 1]] if n + 1 < len(share) else None)
+            for i, after in with_next(share):
+                results[i] = runner.judge_item(items[i], drivers, None if after is None else items[after])
         finally:
             runner.close()
 

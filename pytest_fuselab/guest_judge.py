@@ -227,13 +227,15 @@ def in_child(name, deadline, user, fn, *args):
                 sys.stderr.flush()
                 os._exit(code if isinstance(code, int) else 1)
         status, note = reap(pid, deadline)
-        out.seek(0)
-        said = out.read().decode(errors="replace").strip()
         err_name.seek(0)
-        code = err_name.read().decode()
-    if note:
-        said = f"{said}\n{note}".strip()
-    return {"name": name, "status": status, "said": said[-300:], "errno": code,
+        return step_record(name, status, out, note, err_name.read().decode(), start)
+
+
+def step_record(name, status, out, note, errno_name, start):
+    """The record of a step that ended with `status`, its output in the file `out`."""
+    out.seek(0)
+    said = f"{out.read().decode(errors='replace').strip()}\n{note}".strip()
+    return {"name": name, "status": status, "said": said[-300:], "errno": errno_name,
             "seconds": round(time.monotonic() - start, 2)}
 
 
@@ -254,10 +256,7 @@ def command_step(name, deadline, user, command):
             return {"name": name, "status": 1, "said": f"judge: {name}: {failed}", "errno": failed.errno,
                     "seconds": round(time.monotonic() - start, 2)}
         status, note = reap(pid, deadline)
-        out.seek(0)
-        said = f"{out.read().decode(errors='replace').strip()}\n{note}".strip()
-    return {"name": name, "status": status, "said": said[-300:], "errno": "",
-            "seconds": round(time.monotonic() - start, 2)}
+        return step_record(name, status, out, note, "", start)
 
 
 def reap(pid, deadline):

@@ -83,12 +83,11 @@ def write_disk(path: Path, image: bytes, copies: int) -> list[tuple[int, int]]:
         f.write(_protective_mbr(total))
         f.write(_header(1, last, 2, total, entries, seed))
         f.write(entries)
+        data = [at for at in range(0, len(image), _CHUNK) if image[at:at + _CHUNK] != _ZEROS[:len(image) - at]]
         for first, _ in parts:
-            for at in range(0, len(image), _CHUNK):
-                chunk = image[at:at + _CHUNK]
-                if chunk != _ZEROS[:len(chunk)]:
-                    f.seek(first * SECTOR + at)
-                    f.write(chunk)
+            for at in data:
+                f.seek(first * SECTOR + at)
+                f.write(image[at:at + _CHUNK])
         f.seek((last - ENTRY_SECTORS) * SECTOR)
         f.write(entries)
         f.write(_header(last, 1, last - ENTRY_SECTORS, total, entries, seed))
