@@ -134,6 +134,10 @@ def test_real_server_fates(fuselab_guest, fuselab_disk, driver):
     guest.run(f"mkfs.ext4 -q {disk.path}")
     d.mount(guest, disk.path, MNT)
     assert server_fate(guest, MNT) == ""  # still running
+    pid = guest.run("pgrep -x fuse2fs").stdout.strip()
+    assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in guest.run(f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout
+    huge = guest.run(f"awk '/^AnonHugePages/ {{print $2}}' /proc/{pid}/smaps_rollup").stdout
+    assert int(huge) >= 16 << 10, f"fuse2fs's block cache is not on huge pages: AnonHugePages {huge.strip()} kB"
     guest.run("pkill -ABRT -x fuse2fs")
     background.wait_for_path(guest, fate_path(MNT), seconds=20)
     assert server_fate(guest, MNT) == "killed by SIGABRT (core dumped)"
