@@ -97,6 +97,15 @@ def test_each_guest_starts_clean(fuselab_lab):
         assert second.run("cat /proc/sys/kernel/random/boot_id").stdout == boot_id  # same snapshot
 
 
+def test_user_space_aslr_is_off_under_tcg_only(fuselab_lab, fuselab_guest):
+    """Under TCG every ASLR layout is translated anew (qemu.TCG_CMDLINE); two processes then map
+    libc at the same address.  Under KVM guests keep ASLR."""
+    tcg = fuselab_lab.accel.accel == "tcg"
+    assert fuselab_guest.run("cat /proc/sys/kernel/randomize_va_space").stdout.strip() == ("0" if tcg else "2")
+    maps = [fuselab_guest.run("grep -m1 libc /proc/self/maps").stdout.split("-")[0] for _ in range(2)]
+    assert (maps[0] == maps[1]) == tcg, maps
+
+
 def test_guest_clock_follows_the_host(fuselab_guest):
     guest_time = float(fuselab_guest.run("date +%s.%N").stdout)
     assert abs(guest_time - time.time()) < 10

@@ -17,6 +17,7 @@ def test_tcg_argv_has_the_guest_pieces(tmp_path):
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert "-accel tcg,thread=multi -cpu max,erms=off -smp 2" in joined
+    assert "norandmaps" in argv[argv.index("-append") + 1].split()  # TCG translates each ASLR layout anew
     assert "-no-reboot" in argv and "-nodefaults" in argv
     assert f"file={tmp_path}/root.qcow2,format=qcow2" in joined
     assert f"socket,id=agent,path={tmp_path}/agent.sock,server=on,wait=off" in joined
@@ -27,6 +28,7 @@ def test_tcg_argv_has_the_guest_pieces(tmp_path):
 def test_kvm_and_incoming(tmp_path):
     argv = build_argv(spec(accel="kvm", cpus=4), RunPaths.in_dir(tmp_path), incoming=tmp_path / "s")
     assert argv[argv.index("-accel") + 1] == "kvm"
+    assert "norandmaps" not in argv[argv.index("-append") + 1].split()  # KVM guests keep ASLR
     assert argv[-2:] == ["-incoming", "defer"]
 
 
