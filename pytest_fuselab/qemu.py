@@ -91,9 +91,13 @@ def accel_args(accel: str, cpus: int) -> list[str]:
     raise SettingError(f"acceleration {accel!r} is not one of kvm, tcg")
 
 
+def guest_cmdline(spec: MachineSpec) -> str:
+    """The kernel command line a guest of `spec` boots with."""
+    return kernel_cmdline((*spec.cmdline, *(TCG_CMDLINE if spec.accel == "tcg" else ())))
+
+
 def boot_args(spec: MachineSpec) -> list[str]:
-    extra = (*spec.cmdline, *(TCG_CMDLINE if spec.accel == "tcg" else ()))
-    return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(extra)]
+    return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", guest_cmdline(spec)]
 
 
 def root_disk_args(overlay: Path) -> list[str]:

@@ -19,7 +19,7 @@ from .cache import cache_dir, file_lock, require_space
 from .errors import BootError, GuestError
 from .guest import Guest
 from . import qemu
-from .qemu import MachineSpec, kernel_cmdline, qemu_version
+from .qemu import MachineSpec, guest_cmdline, qemu_version
 from .sparse import file_sha256
 
 Progress = Callable[[str], None]
@@ -58,7 +58,7 @@ class Snapshot:
 
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
     data = {"format": FORMAT, "spec": {k: str(v) for k, v in asdict(spec).items() if v is not None},
-            "cmdline": kernel_cmdline(spec.cmdline), "qemu": qemu_version(spec.qemu),
+            "cmdline": guest_cmdline(spec), "qemu": qemu_version(spec.qemu),
             "argv": qemu.build_argv(spec, qemu.RunPaths.in_dir(Path("/run"))),  # a state loads into the same machine
             "kernel": file_sha256(spec.kernel), "initrd": file_sha256(spec.initrd), "base": str(base),
             "base_mtime": base.stat().st_mtime_ns}
