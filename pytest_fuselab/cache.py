@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import HostError
+from pytest_fuselab.errors import HostError
 
 
 def cache_dir() -> Path:

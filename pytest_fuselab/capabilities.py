@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from collections.abc import Callable
 
-from .cache import cache_dir
-from .errors import FuselabError
+from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.errors import FuselabError
 
 FORMAT = 1
 
@@ -359,7 +359,7 @@ def doctor_rows(settings: Any) -> list[tuple[str, str]]:
     """For `fuselab doctor`: the stack's capabilities, probed in a guest (cached per image)."""
     import tempfile
 
-    from .lab import Lab, stderr_progress
+    from pytest_fuselab.lab import Lab, stderr_progress
 
     stack = getattr(settings, "stack", "") or "debian"
     try:

@@ -7,10 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import accel, image, recipe
-from .cache import cache_dir
-from .errors import FuselabError, HostError
-from .qemu import qemu_version
+from pytest_fuselab.vm import accel
+from pytest_fuselab.build import image
+from pytest_fuselab.build import recipe
+from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.errors import FuselabError, HostError
+from pytest_fuselab.vm.qemu import qemu_version
 
 APT_PACKAGES = ["qemu-system-x86", "qemu-utils", "debootstrap", "busybox-static", "cpio",
                 "e2fsprogs", "openssh-client", "zstd", "xz-utils", "ca-certificates", "kmod"]

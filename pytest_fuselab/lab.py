@@ -9,11 +9,17 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
-from . import accel, image, initramfs, kernel, recipe, snapshot, stack
-from .cache import cache_dir
-from .guest import Guest
-from .qemu import MachineSpec, find_qemu
-from .settings import Settings
+from pytest_fuselab.vm import accel
+from pytest_fuselab.build import image
+from pytest_fuselab.build import initramfs
+from pytest_fuselab.build.kernel import boot as kernel
+from pytest_fuselab.build import recipe
+from pytest_fuselab.vm import snapshot
+from pytest_fuselab.build import stack
+from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.vm.guest import Guest
+from pytest_fuselab.vm.qemu import MachineSpec, find_qemu
+from pytest_fuselab.settings import Settings
 
 Progress = Callable[[str], None]
 
@@ -63,7 +69,7 @@ class Lab:
     def initrd(self) -> Path:
         """The image's initramfs plus a layer with this lab's /init and guest programs."""
         base = kernel.base_initrd(self.foreign, self.recipe.initramfs_modules) if self.foreign else self.image.initrd
-        return initramfs.lab_layer(base, recipe.GUEST_FILES, cache_dir() / "initrd")
+        return initramfs.lab_layer(base, recipe.guest_files(), cache_dir() / "initrd")
 
     @functools.cached_property
     def spec(self) -> MachineSpec:

@@ -6,7 +6,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import FuselabError
+from pytest_fuselab.errors import FuselabError
 
 
 def run(argv: list[str], error: type[FuselabError], log: Path | None = None, cwd: Path | None = None,

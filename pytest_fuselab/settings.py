@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
 
-from .errors import SettingError
+from pytest_fuselab.errors import SettingError
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -62,7 +62,7 @@ def _modules(value: str) -> Path | None:
 
 
 def _stack(value: str) -> str:
-    from .stack import parse  # checks the sources exist; the build happens when an image needs it
+    from pytest_fuselab.build.stack import parse  # checks the sources exist; the build happens when an image needs it
 
     parse(value)
     return value or "debian"

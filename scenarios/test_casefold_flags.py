@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS
+from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS
 
 CASEFOLD = 0x00040000
 CASENONPRESERVING = 0x00080000

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fuselab import background
-from pytest_fuselab.drivers import DRIVERS, fate_path, mounted, server_fate
+from pytest_fuselab.vm import background
+from pytest_fuselab.judge.drivers import DRIVERS, fate_path, mounted, server_fate
 
 MNT = "/mnt/contained"
 SANDBOX = DRIVERS["fuse2fs-sandbox"]

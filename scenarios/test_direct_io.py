@@ -9,14 +9,14 @@ result in the test's properties, not treated as a crash.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, USER
+from pytest_fuselab.guest import module_command
+from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS, USER
 
 MNT = "/mnt/dio"
-PROBE = "/usr/local/bin/dio_probe"
+PROBE = module_command("probes.dio_probe")
 GEOMETRIES = [(1024, 512), (4096, 512), (4096, 4096)]  # (filesystem block, disk sector)
 SEED = 7
 
@@ -25,7 +25,6 @@ SEED = 7
 @pytest.mark.parametrize("driver", list(DRIVERS))
 def test_direct_io(fuselab_guest, fuselab_disk, driver, fs_block, sector, record_property):
     guest, d = fuselab_guest, DRIVERS[driver]
-    guest.put(PROBE, Path(__file__).with_name("dio_probe.py"), mode=0o755)
     disk = fuselab_disk("128M", block_size=sector)
     guest.run(f"mkfs.ext4 -q -F -b {fs_block} -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
     d.mount(guest, disk.path, MNT)
@@ -78,7 +77,6 @@ def test_fuse2fs_direct_io_option(fuselab_guest, fuselab_disk, driver, record_pr
         assert refusal in words.lower(), f"{result}\n{words}"
         said = next(line for line in words.splitlines() if refusal in line.lower())
         pytest.xfail(f"{driver} rejects -o direct_io: {said.strip()}")
-    guest.put(PROBE, Path(__file__).with_name("dio_probe.py"), mode=0o755)
     report = json.loads(guest.run(d.wrap(f"{PROBE} write {MNT}/f {SEED}")).stdout)
     assert report.get("open") == "ok", report
     d.unmount(guest, MNT)

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, USER
+from pytest_fuselab.judge.drivers import DRIVERS, USER
 
 MNT = "/mnt/scenario"
 PAYLOAD = "/tmp/payload"

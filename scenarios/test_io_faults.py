@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, USER
+from pytest_fuselab.judge.drivers import DRIVERS, USER
 
 MNT, DM = "/mnt/faulty", "fuselab-faulty"
 WRITE = ("python3 -c \"import os, sys; fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC); "

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from pytest_fuselab.drivers import DRIVERS, mounted
+from pytest_fuselab.judge.drivers import DRIVERS, mounted
 
 HOLD, TRY = "/mnt/hold", "/mnt/try"
 MMP_SEQ_FSCK = 0xE24D4D50  # "fsck is running": what fuse2fs writes while it holds the disk

@@ -1,29 +1,26 @@
 """Deterministic races against a FUSE server that stalls, fails or crashes on command.
 
-stallfs (pytest_fuselab/stallfs.py, pyfuse3, run in the guest) marks the moment a chosen
+stallfs (pytest_fuselab/guest/stallfs.py, pyfuse3, in every guest) marks the moment a chosen
 operation is reached; the test acts only then (unmount, abort, kill), so each race happens in
 the same order every run.  The stalling server proves the ordering.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-import pytest_fuselab
-from pytest_fuselab import background
-from pytest_fuselab.drivers import abort_connection, mounted
+from pytest_fuselab.vm import background
+from pytest_fuselab.judge.drivers import abort_connection, mounted
 
-MNT, STATE, SERVER = "/mnt/stall", "/run/stallfs", "/usr/local/bin/stallfs"
-STALLFS = Path(pytest_fuselab.__file__).with_name("stallfs.py")
+from pytest_fuselab.guest import module_command
+
+MNT, STATE, SERVER = "/mnt/stall", "/run/stallfs", module_command("stallfs")
 
 
 @pytest.fixture
 def stallfs(fuselab_guest):
     """start(*faults) mounts stallfs at MNT with those faults and returns the server's job."""
     guest = fuselab_guest
-    guest.put(SERVER, STALLFS, mode=0o755)
     if guest.run("python3 -c 'import pyfuse3'", check=False).exit_status != 0:
         pytest.skip("python3-pyfuse3 is not in this image")
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pytest_fuselab import background
-from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, USER, abort_connection, mounted, server_fate
+from pytest_fuselab.vm import background
+from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS, USER, abort_connection, mounted, server_fate
 
 MNT = "/mnt/race"
 

@@ -14,7 +14,8 @@ from xml.sax.saxutils import quoteattr
 
 import pytest
 
-from pytest_fuselab import bisect, triage
+from pytest_fuselab.cli import bisect
+from pytest_fuselab.judge import triage
 from pytest_fuselab.cli import main
 
 JUNIT = """<?xml version="1.0"?><testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>"""
@@ -147,7 +148,7 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.mark.guest
 def test_git_bisect_run_finds_the_first_bad_kernel_and_skips_a_broken_one(tmp_path):
-    from pytest_fuselab import debkernel
+    from pytest_fuselab.build.kernel import debian as debkernel
 
     start = time.monotonic()
     good, bad = (debkernel.fetch(debkernel.newest(suite, series), suite) for series, suite in (GOOD_KERNEL, BAD_KERNEL))

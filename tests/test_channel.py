@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pytest_fuselab import guest_agent
-from pytest_fuselab.channel import Channel
+from pytest_fuselab.guest import agent as guest_agent
+from pytest_fuselab.vm.channel import Channel
 from pytest_fuselab.errors import GuestError, GuestLost, GuestTimeout
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import background
-from pytest_fuselab.channel import Result
-from pytest_fuselab.drivers import DRIVERS, FUSE_DRIVERS, KEPT_DRIVERS, fate_path, mounted, server_fate
+from pytest_fuselab.vm import background
+from pytest_fuselab.vm.channel import Result
+from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS, KEPT_DRIVERS, fate_path, mounted, server_fate
 
-GUEST_PROGRAM = Path(__file__).resolve().parent.parent / "pytest_fuselab" / "guest_fuseserver.py"
+GUEST_PROGRAM = Path(__file__).resolve().parent.parent / "pytest_fuselab" / "guest" / "fuseserver.py"
 
 
 def load_guest_program(cores: Path):

@@ -113,7 +113,7 @@ def test_guest_clock_follows_the_host(fuselab_guest):
 
 def test_ssh_with_a_per_run_key_reaches_the_same_guest(fuselab_lab, tmp_path):
     paramiko = pytest.importorskip("paramiko")
-    from pytest_fuselab.shell import enable_ssh, free_port, make_key
+    from pytest_fuselab.cli.shell import enable_ssh, free_port, make_key
 
     port = free_port()
     with fuselab_lab.guest(ssh_port=port) as guest:
@@ -144,7 +144,7 @@ def test_partitioned_disk_gives_a_copy_per_partition(fuselab_guest, tmp_path):
     kernel reads the table; each copy is a block device of its own, written without touching the others."""
     import subprocess
 
-    from pytest_fuselab import partitions
+    from pytest_fuselab.judge import partitions
 
     image = tmp_path / "fs.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "copy", str(image), "8M"], check=True)

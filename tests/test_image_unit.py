@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import image, initramfs, recipe
+from pytest_fuselab.build import image
+from pytest_fuselab.build import initramfs
+from pytest_fuselab.build import recipe
 from pytest_fuselab.errors import ImageError
 
 
@@ -105,7 +107,7 @@ def test_new_archive_versions_mean_a_new_image(tmp_path, monkeypatch):
 
 
 def test_packages_index_parsing():
-    from pytest_fuselab.versions import describe_changes, parse_packages
+    from pytest_fuselab.build.versions import describe_changes, parse_packages
     index = ("Package: fuse3\nVersion: 3.18.3-1\nArchitecture: amd64\n\n"
              "Package: fuse2fs\nVersion: 1.47.4-1\n\nPackage: other\nVersion: 1\n")
     assert parse_packages(index, ["fuse3", "fuse2fs", "absent"]) == {"fuse3": "3.18.3-1", "fuse2fs": "1.47.4-1"}

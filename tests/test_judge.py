@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import containment, guest_judge
-from pytest_fuselab.drivers import DRIVERS, Driver
+from pytest_fuselab.judge import containment
+from pytest_fuselab.guest import judge as guest_judge
+from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.reproducers import extract
 
 
@@ -146,7 +147,7 @@ class Sleeper(Driver):
 
     def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
         spec = super().judge_spec(device, mountpoint, options)
-        spec["mount"] = ["sh", f"python3 -S /usr/local/lib/fuselab/fuseserver.py start --fate {spec['fate']} "
+        spec["mount"] = ["sh", f"python3 -S -m pytest_fuselab.guest.fuseserver start --fate {spec['fate']} "
                                f"--mountpoint {mountpoint} -- fuse2fs -f {device} {mountpoint} && "
                                f"(cd {mountpoint} && setsid sleep 600 </dev/null >/dev/null 2>&1 &)"]
         return spec

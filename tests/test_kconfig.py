@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import kconfig
+from pytest_fuselab.build.kernel import config as kconfig
 from pytest_fuselab.errors import SettingError
 
 GOOD = "\n".join(f"CONFIG_{need.option}=y" for need in kconfig.NEEDS) + "\nCONFIG_MODULES=y\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import initramfs, kernel
+from pytest_fuselab.build import initramfs
+from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.errors import SettingError
 from pytest_fuselab.settings import resolve
 

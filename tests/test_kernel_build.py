@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fuselab import kbuild, kconfig
+from pytest_fuselab.build.kernel import build as kbuild
+from pytest_fuselab.build.kernel import config as kconfig
 from pytest_fuselab.errors import SettingError
 
 

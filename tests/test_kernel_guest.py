@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from pytest_fuselab import debkernel, kernel
+from pytest_fuselab.build.kernel import debian as debkernel
+from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import resolve
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fuselab.errors import BootError
-from pytest_fuselab.guest import Guest
+from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import resolve
 
@@ -143,7 +143,7 @@ def test_socket_directories_of_dead_guests_are_swept(tmp_path):
     it: not a live guest's, not a work directory with the same prefix."""
     import socket
 
-    from pytest_fuselab.guest import sweep_socket_dirs
+    from pytest_fuselab.vm.guest import sweep_socket_dirs
 
     def socket_dir(name: str, listening: bool) -> tuple[Path, socket.socket]:
         directory = tmp_path / name

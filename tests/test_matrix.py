@@ -1,7 +1,7 @@
 """Unit: the images × drivers matrices."""
 
-from pytest_fuselab.containment import Step, Verdict
-from pytest_fuselab.matrix import page, terminal
+from pytest_fuselab.judge.containment import Step, Verdict
+from pytest_fuselab.judge.matrix import page, terminal
 
 
 def verdicts():

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pytest_fuselab import mountproto as mp
+from pytest_fuselab.guest import mountproto as mp
 
 
 def test_magics_are_the_ascii_tags_big_endian():

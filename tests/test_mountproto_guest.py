@@ -7,21 +7,18 @@ socket in the guest, the way fuservicemount3 and a socket-activated server would
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-import pytest_fuselab
+from pytest_fuselab.guest import script_path
 
 pytestmark = pytest.mark.guest
 
-PROTO = "/usr/local/lib/fuselab/mountproto.py"
-SOURCE = Path(pytest_fuselab.__file__).with_name("mountproto.py")
+PROTO = script_path("mountproto")
 SOCK = "/run/fuselab-proto/hostile"
 
 
 def converse(guest, attack: str, helper_attack: str = "good") -> tuple[list[dict], list[dict]]:
-    guest.put(PROTO, SOURCE, mode=0o755)
     guest.run("mkdir -p /run/fuselab-proto /mnt/proto && rm -f /run/fuselab-proto/*.jsonl")
     guest.run(f"nohup python3 {PROTO} serve --attack {attack} --listen {SOCK} --log /run/fuselab-proto/s.jsonl "
               "> /run/fuselab-proto/s.out 2>&1 & echo $! > /run/fuselab-proto/s.pid")

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from pytest_fuselab import partitions
+from pytest_fuselab.judge import partitions
 
 IMAGE = b"superblock" + bytes(3 << 20) + b"tail data" + bytes(1000)  # not a multiple of 512 bytes
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fuselab.errors import SettingError
-from pytest_fuselab.qemu import MachineSpec, RunPaths, build_argv, kernel_cmdline, net_args
+from pytest_fuselab.vm.qemu import MachineSpec, RunPaths, build_argv, kernel_cmdline, net_args
 
 
 def spec(**kw):

@@ -1,6 +1,6 @@
 """Unit: the run summary table."""
 
-from pytest_fuselab.report import split_nodeid, table
+from pytest_fuselab.plugin.report import split_nodeid, table
 
 
 def test_split_nodeid():

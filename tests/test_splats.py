@@ -1,6 +1,6 @@
 """Unit: kernel splat recognition and titles, on console samples."""
 
-from pytest_fuselab.splats import scan
+from pytest_fuselab.judge.splats import scan
 
 
 def titles(text):

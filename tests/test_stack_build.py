@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import stack
+from pytest_fuselab.build import stack
 from pytest_fuselab.errors import ImageError
 
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from pytest_fuselab import capabilities, stack
-from pytest_fuselab.keys import SETTINGS_KEY
+from pytest_fuselab import capabilities
+from pytest_fuselab.build import stack
+from pytest_fuselab.plugin.keys import SETTINGS_KEY
 from pytest_fuselab.lab import Lab
 
 # Cold, the first test builds the build root, the stack and its image: far more than the suite's

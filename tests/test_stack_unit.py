@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import buildroot, patchseries, stack
+from pytest_fuselab.build.stack import buildroot
+from pytest_fuselab.build.stack import patchseries
+from pytest_fuselab.build import stack
 from pytest_fuselab.errors import ImageError, SettingError
 from pytest_fuselab.settings import resolve
 

@@ -82,14 +82,9 @@ def test_frozen(fuselab_guest):
 def test_a_task_left_in_d_state_fails_its_test(pytester):
     """A reader stuck in a FUSE request (stallfs hangs its read) is a task in D state."""
     pytester.makepyfile(test_stuck='''
-from pathlib import Path
-import time
-import pytest_fuselab
-
 def test_stuck(fuselab_guest):
     g = fuselab_guest
-    g.put("/usr/local/bin/stallfs", Path(pytest_fuselab.__file__).with_name("stallfs.py"), mode=0o755)
-    g.run("mkdir -p /mnt/s /run/st && nohup stallfs /mnt/s --state /run/st --fault read:1:hang >/dev/null 2>&1 &")
+    g.run("mkdir -p /mnt/s /run/st && nohup python3 -m pytest_fuselab.guest.stallfs /mnt/s --state /run/st --fault read:1:hang >/dev/null 2>&1 &")
     g.run("for i in $(seq 200); do [ -e /run/st/mounted ] && break; sleep 0.05; done; echo data > /mnt/s/f")
     g.run("nohup cat /mnt/s/f >/dev/null 2>&1 &")
     g.run("for i in $(seq 200); do [ -e /run/st/reached-read-1 ] && break; sleep 0.05; done")

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from ..sparse import file_sha256
+from pytest_fuselab.sparse import file_sha256
 from .bases import build_base
 from .build import Progress, generate, regenerate
 from .manifest import MANIFEST, Entry, read_manifest, write_manifest

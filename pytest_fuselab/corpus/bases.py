@@ -7,9 +7,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import ext4, proc
-from ..errors import ImageError
-from ..sparse import file_sha256
+from pytest_fuselab import ext4
+from pytest_fuselab import proc
+from pytest_fuselab.errors import ImageError
+from pytest_fuselab.sparse import file_sha256
 from .htree import index_directory
 from .profiles import Profile, derive
 from .tools import FAKE_TIME, MKE2FS_CONF, TOOLS, find_tool, mke2fs_args, run_debugfs, tool_env

@@ -7,8 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ImageError, SettingError
-from ..sparse import file_sha256, sparse_copy
+from pytest_fuselab.errors import ImageError, SettingError
+from pytest_fuselab.sparse import file_sha256, sparse_copy
 from .bases import BaseCache, build_base
 from .manifest import Entry, entry_parts, write_manifest
 from .mutations import KINDS, applies, mutate

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import ext4
-from ..errors import ImageError
+from pytest_fuselab import ext4
+from pytest_fuselab.errors import ImageError
 
 
 def index_directory(image: Path, number: int) -> None:

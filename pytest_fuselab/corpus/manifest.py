@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError, SettingError
+from pytest_fuselab.errors import ImageError, SettingError
 from .profiles import Profile, profile_named
 
 MANIFEST = "manifest.jsonl"

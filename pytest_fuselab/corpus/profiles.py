@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 
-from ..errors import SettingError
+from pytest_fuselab.errors import SettingError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 
 
 class RecordingImage:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import HostError, ImageError
+from pytest_fuselab.errors import HostError, ImageError
 from .profiles import Profile, seeded_uuid
 
 FAKE_TIME = 1700000000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 
 
 def _crc_table(poly: int) -> tuple[int, ...]:

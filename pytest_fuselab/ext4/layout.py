@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .checksums import Checksums
 from .fields import (EXT4_MAGIC, EXTENT_MAGIC, EXTENTS_FL, GOOD_OLD_INODE_SIZE, INDEX_FL, INLINE_DATA_FL, ROOT_INO,
                      SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, XATTR_HEADER_FIELDS, XATTR_MAGIC, get)

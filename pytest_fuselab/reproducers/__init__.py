@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .cprog import from_c
 from .executor import effective_options
 from .extracted import DEFAULT_SIZE_LIMIT, Extracted, Found

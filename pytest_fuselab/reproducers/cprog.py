@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .creader import CReader, Memory
 from .executor import OLD_MAX_SEGMENTS, assemble, clamp_segment, inflate
 from .extracted import Found, over_limit

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .executor import OLD_IMAGE_MAX_SIZE, format_int
 
 

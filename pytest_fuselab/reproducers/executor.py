@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .extracted import over_limit
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 
 
 DEFAULT_SIZE_LIMIT = 512 << 20

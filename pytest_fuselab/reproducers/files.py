@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from ..errors import HostError, ImageError
+from pytest_fuselab.errors import HostError, ImageError
 from .extracted import Found, over_limit
 from .fstype import detect_fstype
 

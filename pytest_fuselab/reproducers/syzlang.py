@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .executor import OLD_IMAGE_MAX_SIZE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import ImageError
+from pytest_fuselab.errors import ImageError
 from .executor import assemble, clamp_segment, inflate
 from .extracted import Found, over_limit
 from .syzlang import Data, Group, Int, Ptr, SyzParser, Value, int_value

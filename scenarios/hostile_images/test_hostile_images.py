@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab import corpus, reproducers
+from pytest_fuselab import corpus
+from pytest_fuselab import reproducers
 from pytest_fuselab.cache import cache_dir, file_lock
-from pytest_fuselab.containment import judge
-from pytest_fuselab.drivers import DRIVERS
-from pytest_fuselab.keys import SETTINGS_KEY
+from pytest_fuselab.judge.containment import judge
+from pytest_fuselab.judge.drivers import DRIVERS
+from pytest_fuselab.plugin.keys import SETTINGS_KEY
 
 DEFAULT_SEED, DEFAULT_COUNT = 1, 4  # keeps the default suite inside the CI budget
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_fuselab import capabilities
-from servicelab import LAYER_ENV, PROTO, PROTO_SOURCE, RUN, HostileServer, Service
+from servicelab import LAYER_ENV, RUN, HostileServer, Service
 
 
 def _skip_without_service(lab: Any) -> None:
@@ -34,7 +34,6 @@ def _prepare(guest: Any, lab: Any) -> Service:
                            "&& systemctl daemon-reload", timeout=180, check=False)
         assert result.exit_status == 0, f"unpacking {layer} in the guest failed: {result.stderr}"
     if not done:
-        guest.put(PROTO, PROTO_SOURCE, mode=0o755)
         guest.run(f"mkdir -p {RUN} && touch {RUN}/prepared")
     return Service(guest, capabilities.of(guest) if layer else capabilities.of(lab))
 

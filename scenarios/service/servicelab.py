@@ -1,5 +1,5 @@
 """The mount-service scenarios' tools: real service targets, the hostile server (pytest_fuselab/
-mountproto.py run in the guest), fuse.conf, mounts and unit evidence (status and journal)."""
+guest/mountproto.py, in every guest), fuse.conf, mounts and unit evidence (status and journal)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import json
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import pytest_fuselab
 from pytest_fuselab import capabilities
 
-PROTO = "/usr/local/lib/fuselab/mountproto.py"
-PROTO_SOURCE = Path(pytest_fuselab.__file__).with_name("mountproto.py")
+from pytest_fuselab.guest import script_path
+
+PROTO = script_path("mountproto")
 RUN = "/run/fuselab-service"
 USER = "fuselab"
 HOSTILE = "hostile"  # the subtype our hostile server answers for

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pytest_fuselab import reproducers
-from pytest_fuselab.containment import judge
-from pytest_fuselab.drivers import DRIVERS
+from pytest_fuselab.judge.containment import judge
+from pytest_fuselab.judge.drivers import DRIVERS
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "hostile_images"))
 from test_hostile_images import corpus_dir  # noqa: E402  (the same default corpus)

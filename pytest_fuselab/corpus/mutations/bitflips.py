@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from .primitives import Ctx, first_block
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ... import ext4
-from ...errors import ImageError
+from pytest_fuselab import ext4
+from pytest_fuselab.errors import ImageError
 from ..manifest import Entry
 from .primitives import Ctx, Fixer, current, inode_get, inode_set, pick, pick_role, sb_set, set_field
 

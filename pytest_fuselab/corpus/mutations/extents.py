@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from .primitives import (Ctx, Fixer, checksum_mode, current, first_block, inode_fix, pick, pick_role, set_field,
                          write_struct)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from ..tools import FAKE_TIME
 from .primitives import Ctx, first_block, hostile, inode_fix, inode_get, inode_set, pick, pick_role, set_field

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import struct
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from ..tools import FAKE_TIME
 from .primitives import Ctx, current, first_block, pick, sb_set, set_field, write_struct

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from ..profiles import Profile
 from ..recording import RecordingImage

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from .primitives import Ctx, current, hostile, inode_get, inode_set, pick, sb_set, set_field
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ... import ext4
+from pytest_fuselab import ext4
 from ..manifest import Entry
 from .primitives import Ctx, checksum_mode, current, gd_fix, hostile, sb_set, set_field
 

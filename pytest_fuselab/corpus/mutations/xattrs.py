@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ... import ext4
-from ...errors import ImageError
+from pytest_fuselab import ext4
+from pytest_fuselab.errors import ImageError
 from ..manifest import Entry
 from .primitives import Ctx, Fixer, current, hostile, inode_fix, inode_get, inode_set, pick, pick_role, set_field
 

@@ -1,0 +1,199 @@
+"""Kernel configs: read them (a tree's .config, a config-* file, the copy IKCONFIG embeds in a
+bzImage) and check them against what the lab and its scenarios need, before anything boots."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import re
+import struct
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_fuselab.errors import SettingError
+
+Config = dict[str, str]  # "FUSE_FS" -> "y" | "m" | "n" | a value
+
+LINE = re.compile(r"^CONFIG_(\w+)=(.*)$")
+UNSET = re.compile(r"^# CONFIG_(\w+) is not set$")
+
+
+@dataclass(frozen=True)
+class Need:
+    """One config option the lab needs; `where` says when it is needed."""
+
+    option: str
+    why: str
+    where: str  # "initramfs": before root is mounted; "boot": by the guest's userspace; "scenario"
+
+
+# The lab cannot boot or talk to a guest without these.  "initramfs" options may be modules
+# only if the kernel comes with its modules (the lab's initramfs loads them).
+NEEDS = [
+    Need("BLK_DEV_INITRD", "the lab boots through its own initramfs", "core"),
+    Need("RD_GZIP", "the lab's initramfs is gzip-compressed", "core"),
+    Need("DEVTMPFS", "the initramfs mounts devtmpfs", "core"),
+    Need("SERIAL_8250_CONSOLE", "the console (and splat detection) is ttyS0", "core"),
+    Need("UNIX", "systemd and the agent use AF_UNIX sockets", "core"),
+    Need("VIRTIO_PCI", "every lab device is virtio over PCI", "initramfs"),
+    Need("VIRTIO_BLK", "the root disk, the modules disk and scenario disks are virtio-blk", "initramfs"),
+    Need("EXT4_FS", "the root filesystem is ext4", "initramfs"),
+    Need("VIRTIO_CONSOLE", "the lab's agent talks over virtio-serial", "boot"),
+    Need("HOTPLUG_PCI_ACPI", "fuselab_disk hot-plugs virtio disks (ACPI PCI hot-plug on the pc machine)", "boot"),
+    Need("CGROUPS", "systemd needs cgroups (v2)", "boot"),
+    Need("INOTIFY_USER", "systemd needs inotify", "boot"),
+    Need("SIGNALFD", "systemd needs signalfd", "boot"),
+    Need("TIMERFD", "systemd needs timerfd", "boot"),
+    Need("EPOLL", "systemd needs epoll", "boot"),
+    Need("FHANDLE", "systemd needs name_to_handle_at", "boot"),
+    Need("TMPFS", "systemd mounts /run and /tmp as tmpfs", "boot"),
+    Need("FUSE_FS", "every FUSE driver (fuse2fs, stallfs, the service stack)", "boot"),
+    Need("TTY_PRINTK", "fuse4fs@.service writes errors to /dev/ttyprintk", "scenario"),
+    Need("PSI", "fuse4fs reclaims its cache on memory pressure (/proc/pressure)", "scenario"),
+    Need("MEMCG", "the service cgroup's memory.pressure", "scenario"),
+    Need("BLK_DEV_LOOP", "scenarios mount image files through loop devices", "scenario"),
+    Need("BLK_DEV_DM", "test_io_faults.py builds dm devices", "scenario"),
+    Need("DM_FLAKEY", "test_io_faults.py fails writes with dm-flakey", "scenario"),
+    Need("VFAT_FS", "test_casefold_flags.py reads vfat's flags", "scenario"),
+    Need("MSDOS_FS", "test_casefold_flags.py reads msdos's flags", "scenario"),
+    Need("UNICODE", "test_casefold_flags.py makes ext4 casefold directories", "scenario"),
+]
+
+
+def parse(text: str) -> Config:
+    """A .config's options; `# CONFIG_X is not set` reads as "n"."""
+    config: Config = {}
+    for line in text.splitlines():
+        if match := LINE.match(line.strip()):
+            config[match.group(1)] = match.group(2).strip('"')
+        elif match := UNSET.match(line.strip()):
+            config[match.group(1)] = "n"
+    return config
+
+
+def value(config: Config, option: str) -> str:
+    return config.get(option.removeprefix("CONFIG_"), "n")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a config lacks: `fatal` refuses the boot; `scenario` only skips scenarios."""
+
+    fatal: list[str]
+    scenario: list[str]
+
+    def explain(self) -> str:
+        return "; ".join(self.fatal + self.scenario)
+
+
+def check(config: Config, has_modules: bool) -> Verdict:
+    """Compare `config` with NEEDS. With no modules, modular options count as missing."""
+    fatal: list[str] = []
+    scenario: list[str] = []
+    for need in NEEDS:
+        have = value(config, need.option)
+        if need.where == "core" and have != "y":
+            problem = f"CONFIG_{need.option}={have} (must be y: {need.why})"
+        elif have not in ("y", "m"):
+            problem = f"CONFIG_{need.option} is not set ({need.why})"
+        elif have == "m" and not has_modules:
+            problem = f"CONFIG_{need.option}=m but the kernel comes without modules ({need.why})"
+        else:
+            continue
+        (scenario if need.where == "scenario" else fatal).append(problem)
+    return Verdict(fatal, scenario)
+
+
+def require(config: Config, has_modules: bool, source: str) -> Verdict:
+    """Raise SettingError naming every missing option the lab cannot do without."""
+    verdict = check(config, has_modules)
+    if verdict.fatal:
+        raise SettingError(f"the kernel's config ({source}) lacks what the lab needs:\n  "
+                           + "\n  ".join(verdict.fatal)
+                           + "\nenable these (e.g. with the fragment of `fuselab kernel build`) and rebuild")
+    return verdict
+
+
+# -- bzImage --------------------------------------------------------------------------------
+
+def setup_header(data: bytes) -> tuple[int, int, int]:
+    """(start of the protected-mode code, payload offset, payload length) of an x86 bzImage."""
+    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
+        raise ValueError("not an x86 bzImage (no 'HdrS' boot header)")
+    setup_sects = data[0x1F1] or 4
+    version = struct.unpack_from("<H", data, 0x206)[0]
+    if version < 0x208:
+        raise ValueError(f"boot protocol {version >> 8}.{version & 0xff} is too old to carry a payload offset")
+    offset, length = struct.unpack_from("<II", data, 0x248)
+    return (setup_sects + 1) * 512, offset, length
+
+
+def release(path: Path) -> str:
+    """The kernel release (`uname -r`) written in a bzImage's setup header."""
+    data = path.read_bytes()[:0x10000]
+    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
+        raise ValueError(f"{path} is not an x86 bzImage (no 'HdrS' boot header)")
+    pointer = struct.unpack_from("<H", data, 0x20E)[0] + 0x200
+    text = data[pointer:pointer + 256].split(b"\0")[0].decode(errors="replace")
+    if not text:
+        raise ValueError(f"{path} carries no kernel version string")
+    return text.split()[0]
+
+
+def decompress(payload: bytes) -> bytes:
+    """The kernel inside a bzImage payload, whichever compressor made it."""
+    if payload.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(31).decompress(payload)  # trailing bytes are ignored
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
+    if payload.startswith(b"\x5d\x00\x00"):
+        return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
+    if payload.startswith(b"BZh"):
+        return bz2.BZ2Decompressor().decompress(payload)
+    tools = {b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"], b"\x02\x21\x4c\x18": ["lz4", "-dcq"],
+             b"\x89LZO": ["lzop", "-dcq"]}
+    for magic, argv in tools.items():
+        if payload.startswith(magic):
+            try:
+                # the payload may end in padding a strict decompressor rejects: keep its output
+                return subprocess.run(argv, input=payload, capture_output=True, timeout=120).stdout
+            except FileNotFoundError:
+                raise ValueError(f"the kernel is compressed with {argv[0]}, which is not installed") from None
+    raise ValueError(f"unknown compression of the kernel payload (starts {payload[:6].hex()})")
+
+
+def embedded(path: Path) -> str | None:
+    """The config IKCONFIG embedded in a bzImage, or None if it has none."""
+    data = path.read_bytes()
+    start, offset, length = setup_header(data)
+    vmlinux = decompress(data[start + offset:start + offset + length])
+    at = vmlinux.find(b"IKCFG_ST")
+    if at < 0:
+        return None
+    end = vmlinux.find(b"IKCFG_ED", at)
+    blob = vmlinux[at + 8:end if end > 0 else None]
+    return gzip.decompress(blob).decode(errors="replace")
+
+
+def find(kernel: Path, tree: Path | None = None, modules: Path | None = None) -> tuple[Config, str] | None:
+    """The config of `kernel` and where it came from: the tree's .config, the config embedded in
+    the bzImage, config-<release> beside it, or <modules>/config; None when there is none."""
+    if tree is not None and (tree / ".config").is_file():
+        return parse((tree / ".config").read_text()), str(tree / ".config")
+    try:
+        text = embedded(kernel)
+    except (ValueError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise SettingError(f"cannot read the kernel {kernel}: {exc}") from None
+    if text is not None:
+        return parse(text), f"embedded in {kernel} (IKCONFIG)"
+    rel = release(kernel)
+    beside = [kernel.parent / f"config-{rel}", kernel.parent / "config"]
+    if modules is not None:
+        beside.append(modules / "config")
+    for candidate in beside:
+        if candidate.is_file():
+            return parse(candidate.read_text()), str(candidate)
+    return None

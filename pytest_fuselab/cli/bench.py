@@ -1,0 +1,114 @@
+"""`fuselab bench`: medians of cold boot, reset and per-test fixture overhead."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_fuselab.judge.containment import usable_drivers
+from pytest_fuselab.lab import Lab
+from pytest_fuselab.settings import Settings
+
+EMPTY_TEST = """import pytest
+
+
+@pytest.mark.parametrize("n", range({count}))
+def test_empty(fuselab_guest, n):
+    pass
+"""
+
+
+def timed_cold_boot(lab: Lab) -> float:
+    start = time.monotonic()
+    with lab.cold_guest() as guest:
+        guest.run("true")
+        return time.monotonic() - start
+
+
+def timed_reset(lab: Lab) -> float:
+    start = time.monotonic()
+    with lab.guest() as guest:
+        guest.run("true")
+        return time.monotonic() - start
+
+
+class _Durations:
+    def __init__(self) -> None:
+        self.per_test: dict[str, float] = {}
+        self.failed: list[str] = []
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.when in ("setup", "teardown"):
+            self.per_test[report.nodeid] = self.per_test.get(report.nodeid, 0.0) + report.duration
+        if report.failed:
+            self.failed.append(f"{report.nodeid} ({report.when})")
+
+
+def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
+    """Fixture set-up plus teardown around an empty test, as pytest itself times them."""
+    import pytest
+
+    test_file = workdir / "test_bench_empty.py"
+    test_file.write_text(EMPTY_TEST.format(count=runs + 1))
+    durations = _Durations()
+    argv = [str(test_file), "-q", "-p", "no:cacheprovider",
+            f"--fuselab-image={settings.image}", f"--fuselab-accel={settings.accel}",
+            f"--fuselab-memory={settings.memory}", f"--fuselab-cpus={settings.cpus}",
+            f"--basetemp={workdir / 'pytest'}", "-o", "console_output_style=classic"]
+    if settings.kernel:
+        argv.append(f"--fuselab-kernel={settings.kernel}")
+    if settings.modules:
+        argv.append(f"--fuselab-modules={settings.modules}")
+    if settings.stack != "debian":
+        argv.append(f"--fuselab-stack={settings.stack}")
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures (--json)
+        status = pytest.main([a for a in argv if a], plugins=[durations])
+    if status != 0 or durations.failed:
+        raise RuntimeError(f"benchmark tests failed (pytest status {status}): {durations.failed}")
+    values = list(durations.per_test.values())
+    return values[1:]  # the first test also pays for building the lab (probe, snapshot check)
+
+
+def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str], guests: int = 1) -> float:
+    """Images per minute through full containment verdicts with `drivers` on `guests` guests
+    (fresh mke2fs images: the cost of the verdict itself, not of a hostile image's damage)."""
+    import subprocess
+
+    from pytest_fuselab.judge.containment import judge_images
+    from pytest_fuselab.reproducers import extract
+
+    items = []
+    for i in range(count):
+        image = workdir / f"bench{i}.img"
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", str(image), "16M"], check=True, capture_output=True)
+        items += extract(image)
+    start = time.monotonic()
+    verdicts = judge_images(lab, workdir / "images", items, drivers, guests)
+    bad = [f"{v.image} {v.driver}: {v.verdict}" for v in verdicts if v.verdict not in ("clean", "contained")]
+    if bad:
+        raise RuntimeError(f"benchmark verdicts on fresh images were not clean: {bad}")
+    return count / ((time.monotonic() - start) / 60)
+
+
+def run(settings: Settings, runs: int = 5, images: int = 12, guests: int = 1) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fuselab-bench-") as tmp:
+        lab = Lab(settings, Path(tmp))
+        lab.guest().shutdown()  # build the image and snapshot outside the timings
+        cold = [timed_cold_boot(lab) for _ in range(runs)]
+        reset = [timed_reset(lab) for _ in range(runs)]
+        overhead = test_overheads(settings, runs, Path(tmp))
+        drivers = usable_drivers(lab)
+        rate = images_per_min(lab, Path(tmp), images, drivers, guests)
+        return {"accel": lab.accel.accel, "accel_reason": lab.accel.reason, "runs": runs,
+                "images_per_min": round(rate, 2), "image_guests": guests, "image_count": images,
+                "image_drivers": drivers, "guest_cpus": settings.cpus,
+                "cold_boot_s": round(statistics.median(cold), 2),
+                "reset_s": round(statistics.median(reset), 2),
+                "test_overhead_s": round(statistics.median(overhead), 2),
+                "samples": {"cold_boot_s": [round(x, 2) for x in cold], "reset_s": [round(x, 2) for x in reset],
+                            "test_overhead_s": [round(x, 2) for x in overhead]}}

@@ -1,0 +1,73 @@
+"""After a test: did its guest stay healthy?  Splats, a dead QEMU or a silent guest say no."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pytest_fuselab.vm.guest import Guest
+from pytest_fuselab.vm.machine import Runstate, tail
+from pytest_fuselab.judge.splats import Splat
+
+
+@dataclass
+class Health:
+    """What the lab saw of one guest over one test."""
+
+    splats: list[Splat] = field(default_factory=list)
+    lost: str | None = None  # "QEMU exited …" or "guest stopped answering …"
+    stuck: list[str] = field(default_factory=list)  # tasks left in D state
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.splats or self.lost or self.stuck)
+
+    def titles(self) -> list[str]:
+        stuck = [f"tasks stuck in D state: {', '.join(self.stuck)}"] if self.stuck else []
+        return [s.title for s in self.splats] + ([self.lost] if self.lost else []) + stuck
+
+    def explain(self) -> str:
+        parts = [f"kernel splat: {splat.title}\n{splat.excerpt}" for splat in self.splats]
+        if self.lost:
+            parts.append(self.lost)
+        if self.stuck:
+            parts.append(f"tasks still in uninterruptible sleep (D) after {STUCK_GRACE:.0f} s: " + ", ".join(self.stuck))
+        return "\n\n".join(parts)
+
+
+def check(guest: Guest, since: int = 0, suppress: tuple[str, ...] = (), answer_within: float = 10.0) -> Health:
+    """Scan the console since `since`, and make sure the guest still answers."""
+    health = Health(splats=guest.splats(since, suppress))
+    if guest.killed:
+        pass  # the test pulled the plug itself
+    elif not guest.machine.is_running():
+        health.lost = f"QEMU exited with status {guest.machine.exitcode} (guest lost)"
+    elif guest.channel.lost:
+        health.lost = f"guest lost: {guest.channel.lost}"
+    elif not guest.ping(answer_within):
+        health.lost = f"guest stopped answering (no reply to a ping within {answer_within:.0f} s)"
+    else:
+        health.stuck = stuck_tasks(guest)
+    if health.lost and not health.splats and not guest.console_text(since).strip():
+        health.lost += "; no console output during the test"
+    if health.damaged:
+        guest.machine.state = Runstate.CRASHED  # never handed out again
+    return health
+
+
+STUCK_GRACE = 5.0
+PS_D = "ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/ {print $3 \"[\" $2 \"]\"}'"
+
+
+def stuck_tasks(guest: Guest) -> list[str]:
+    """Tasks in D state that are still there `STUCK_GRACE` seconds later (a short D is normal)."""
+    first = guest.run(PS_D, timeout=15, check=False).stdout.split()
+    if not first:
+        return []
+    time.sleep(STUCK_GRACE)
+    again = set(guest.run(PS_D, timeout=15, check=False).stdout.split())
+    return [task for task in first if task in again]
+
+
+def console_tail(guest: Guest, lines: int = 30) -> str:
+    return tail(guest.paths.console, lines)
