@@ -19,11 +19,19 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from collections.abc import Callable
 
+from pytest_fuselab.build.stack.spec import label
 from pytest_fuselab.cache import cache_dir
 from pytest_fuselab.errors import FuselabError
+from pytest_fuselab.guest.probes import capabilities as guest_probe
+from pytest_fuselab.guest.probes.capabilities import Program, SocketUnit
+from pytest_fuselab.settings import Settings
+from pytest_fuselab.vm.channel import Result
+
+if TYPE_CHECKING:
+    from pytest_fuselab.lab import Lab
 
 FORMAT = 1
 
@@ -40,92 +48,15 @@ FEATURES: dict[str, str] = {
     "fsopen-fuse-subtype": "fsopen(\"fuse\") with a `subtype` fsconfig parameter",
 }
 
-# Runs in the guest (stdlib only, as root); prints one JSON object.
-PROBE = r'''
-import ctypes, ctypes.util, errno, glob, json, os, re, shutil, socket, stat, subprocess
-out = {"kernel": os.uname().release}
-def cmd(*argv):
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-progs = {}
-for name in ("fusermount3", "fuservicemount3", "mount.fuse3", "fuse2fs", "fuse4fs"):
-    where = shutil.which(name, path=path)
-    if where:
-        st = os.stat(where)
-        progs[name] = {"path": where, "setuid_root": bool(st.st_mode & stat.S_ISUID) and st.st_uid == 0,
-                       "mode": oct(stat.S_IMODE(st.st_mode))}
-out["programs"] = progs
-libs = sorted(set(re.findall(r"(\S*/libfuse3\.so\.\d+)\b", cmd("ldconfig", "-p"))))
-out["libfuse_libraries"] = libs
-out["libfuse_version"] = None
-for lib in reversed(libs):
-    try:
-        f = ctypes.CDLL(lib).fuse_pkgversion
-        f.restype = ctypes.c_char_p
-        out["libfuse_version"] = f().decode()
-        break
-    except (OSError, AttributeError):
-        pass
-pc = {}
-for p in glob.glob("/usr/lib/*/pkgconfig/fuse3.pc") + glob.glob("/usr/*/pkgconfig/fuse3.pc") + \
-        glob.glob("/usr/local/lib/*/pkgconfig/fuse3.pc") + glob.glob("/usr/local/*/pkgconfig/fuse3.pc"):
-    for line in open(p):
-        m = re.match(r"^([A-Za-z_][\w.]*)=(.*)$", line.strip())
-        if m:
-            pc[m.group(1)] = m.group(2)
-    pc["path"] = p
-    break
-out["fuse3_pc"] = pc
-units = {}
-for d in ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"):
-    for f in sorted(glob.glob(d + "/*.socket")):
-        text = open(f, errors="replace").read()
-        listen = re.findall(r"^\s*ListenSequentialPacket\s*=\s*(\S+)", text, re.M)
-        name = os.path.basename(f)
-        if listen and name not in units:
-            units[name] = {"path": f, "listen": listen, "enabled": cmd("systemctl", "is-enabled", name),
-                           "active": cmd("systemctl", "is-active", name),
-                           "mode": cmd("systemctl", "show", "-P", "SocketMode", name),
-                           "service": os.path.exists(os.path.join(d, name[:-7] + "@.service"))}
-out["socket_units"] = units
-conf = {}
-try:
-    for line in open("/etc/fuse.conf"):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            k, _, v = line.partition("=")
-            conf[k.strip()] = v.strip() or True
-except OSError:
-    pass
-out["fuse_conf"] = conf
-try:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PASSRIGHTS", 83), 0)
-    out["so_passrights"] = "yes"
-except OSError as e:
-    out["so_passrights"] = "no: " + errno.errorcode.get(e.errno, str(e.errno))
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-fd = libc.syscall(430, b"fuse", 1)  # fsopen(name, FSOPEN_CLOEXEC)
-if fd < 0:
-    out["fsopen_fuse"] = "no: " + errno.errorcode.get(ctypes.get_errno(), "?")
-    out["fsopen_fuse_subtype"] = "no: fsopen(fuse) failed"
-else:
-    out["fsopen_fuse"] = "yes"
-    r = libc.syscall(431, fd, 1, b"subtype", b"fuselabprobe", 0)  # fsconfig(FSCONFIG_SET_STRING)
-    out["fsopen_fuse_subtype"] = "yes" if r == 0 else "no: " + errno.errorcode.get(ctypes.get_errno(), "?")
-    os.close(fd)
-out["filesystems"] = sorted(l.split()[-1] for l in open("/proc/filesystems"))
-print(json.dumps(out))
-'''
+# Runs in the guest, as root, and prints one JSON object (what it finds is documented there).
+PROBE_ARGV = ["python3", "-S", "-m", guest_probe.__name__]
 
 
 class Runner(Protocol):
+    """What the probe needs of a guest: running a command as root."""
+
     def run(self, cmd: str | list[str], timeout: float = ..., check: bool = ...,
-            input: bytes | str = ..., env: dict[str, str] | None = ...) -> Any: ...
+            input: bytes | str = ..., env: dict[str, str] | None = ...) -> Result: ...
 
 
 def _version(text: str | None) -> tuple[int, ...]:
@@ -135,15 +66,15 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """The probe's findings about one guest image (see PROBE for how each is found)."""
+    """The probe's findings about one guest image (see guest/probes/capabilities.py for how each is found)."""
 
     kernel: str = ""
     libfuse_version: str | None = None
     libfuse_libraries: list[str] = field(default_factory=list)
-    programs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    programs: dict[str, Program] = field(default_factory=dict)
     fuse3_pc: dict[str, str] = field(default_factory=dict)
-    socket_units: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fuse_conf: dict[str, Any] = field(default_factory=dict)
+    socket_units: dict[str, SocketUnit] = field(default_factory=dict)
+    fuse_conf: dict[str, str | bool] = field(default_factory=dict)
     so_passrights: str = "unknown"
     fsopen_fuse: str = "unknown"
     fsopen_fuse_subtype: str = "unknown"
@@ -168,7 +99,7 @@ class Capabilities:
         """The mount service's socket directory: fuse3.pc's, else the socket units'."""
         return self.fuse3_pc.get("service_socket_dir") or (self.socket_dirs[0] if self.socket_dirs else None)
 
-    def program(self, name: str) -> dict[str, Any] | None:
+    def program(self, name: str) -> Program | None:
         return self.programs.get(name)
 
     def missing(self, feature: str) -> str | None:
@@ -262,24 +193,26 @@ _CHECKS: dict[str, Check] = {
 
 def probe(guest: Runner) -> Capabilities:
     """Run the probe in `guest` (as root) and parse what it found."""
-    result = guest.run(["python3", "-"], input=PROBE, timeout=60, check=False)
+    result = guest.run(PROBE_ARGV, timeout=60, check=False)
     if result.exit_status != 0:
         raise FuselabError(f"the capability probe failed in the guest (status {result.exit_status}):\n"
                            f"{result.stderr[-2000:]}")
     return Capabilities.from_json(json.loads(result.stdout))
 
 
-_PER_GUEST: weakref.WeakKeyDictionary[Any, Capabilities] = weakref.WeakKeyDictionary()
+_PER_GUEST: weakref.WeakKeyDictionary[Runner, Capabilities] = weakref.WeakKeyDictionary()
 
 
 def records_dir() -> Path:
     return cache_dir() / "capabilities"
 
 
-def for_lab(lab: Any) -> Capabilities:
-    """Capabilities of the lab's image, probed once per snapshot and kept next to the cache."""
+def for_lab(lab: Lab) -> Capabilities:
+    """Capabilities of the lab's image, probed once per snapshot and kept next to the cache.
+
+    The snapshot's key covers the initramfs layer and so the probe module's content."""
     snap = lab.snapshot
-    per_run = f"{getattr(lab.settings, 'socket_mode', '')}|{getattr(lab.settings, 'fuse_conf', '')}"
+    per_run = f"{lab.settings.socket_mode}|{lab.settings.fuse_conf or ''}"
     suffix = "" if per_run == "|" else "-" + hashlib.sha256(per_run.encode()).hexdigest()[:8]
     record = records_dir() / f"{snap.directory.name}{suffix}.json"
     try:
@@ -295,7 +228,7 @@ def for_lab(lab: Any) -> Capabilities:
         guest.shutdown()
     settings = lab.settings
     save_record(record, caps, {"image": lab.image.directory.name, "recipe": settings.image,
-                               "stack": getattr(settings, "stack", "") or "debian"})
+                               "stack": label(settings.stack)})
     return caps
 
 
@@ -315,16 +248,18 @@ def latest_record(recipe: str, stack: str) -> dict[str, Any] | None:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if data.get("format") == FORMAT and data.get("recipe") == recipe and data.get("stack") == (stack or "debian"):
+        if data.get("format") == FORMAT and data.get("recipe") == recipe and data.get("stack") == stack:
             mtime = path.stat().st_mtime
             if best is None or mtime > best[0]:
                 best = (mtime, data)
     return best[1] if best else None
 
 
-def of(where: Any) -> Capabilities:
+def of(where: Lab | Runner) -> Capabilities:
     """Capabilities of a Lab (cached per snapshot) or of one running guest (probed once per guest)."""
-    if hasattr(where, "snapshot") and hasattr(where, "guest"):
+    from pytest_fuselab.lab import Lab
+
+    if isinstance(where, Lab):
         return for_lab(where)
     caps = _PER_GUEST.get(where)
     if caps is None:
@@ -332,7 +267,7 @@ def of(where: Any) -> Capabilities:
     return caps
 
 
-def require(where: Any, *features: str) -> Capabilities:
+def require(where: Lab | Runner, *features: str) -> Capabilities:
     """Skip the calling test, naming what is missing, unless the stack has every feature."""
     caps = of(where)
     reasons = [r for r in (caps.missing(f) for f in features) if r]
@@ -343,9 +278,9 @@ def require(where: Any, *features: str) -> Capabilities:
     return caps
 
 
-def header_lines(settings: Any) -> list[str]:
+def header_lines(settings: Settings) -> list[str]:
     """For the pytest header: the newest cached probe of this recipe and stack (no guest started)."""
-    stack = getattr(settings, "stack", "") or "debian"
+    stack = label(settings.stack)
     record = latest_record(settings.image, stack)
     if record is None:
         return [f"fuselab: stack {stack}: capabilities not probed yet (probed once per image on first use; "
@@ -355,13 +290,13 @@ def header_lines(settings: Any) -> list[str]:
         f"fuselab:   {line}" for line in caps.summary()]
 
 
-def doctor_rows(settings: Any) -> list[tuple[str, str]]:
+def doctor_rows(settings: Settings) -> list[tuple[str, str]]:
     """For `fuselab doctor`: the stack's capabilities, probed in a guest (cached per image)."""
     import tempfile
 
     from pytest_fuselab.lab import Lab, stderr_progress
 
-    stack = getattr(settings, "stack", "") or "debian"
+    stack = label(settings.stack)
     try:
         with tempfile.TemporaryDirectory(prefix="fuselab-doctor-") as tmp:
             lab = Lab(settings, Path(tmp), stderr_progress)

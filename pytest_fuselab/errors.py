@@ -4,6 +4,7 @@
     ├── SettingError        a bad option, environment variable or ini value
     ├── HostError           the host lacks something (QEMU, disk space, root, KVM)
     ├── ImageError          building or loading a guest image failed
+    │   └── InputError      an input file (image, program, reproducer) is unreadable or malformed
     ├── MachineError        QEMU could not be started or died
     │   └── BootError       the guest did not come up (watchdog, timeout)
     └── GuestError          talking to a running guest failed
@@ -29,6 +30,10 @@ class HostError(FuselabError):
 
 class ImageError(FuselabError):
     """A guest image could not be built, found or verified."""
+
+
+class InputError(ImageError):
+    """An input given to the lab cannot be read or is malformed; the message names it (and its line)."""
 
 
 class MachineError(FuselabError):

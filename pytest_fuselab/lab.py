@@ -15,8 +15,9 @@ from pytest_fuselab.build import initramfs
 from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.build import recipe
 from pytest_fuselab.vm import snapshot
-from pytest_fuselab.build import stack
+from pytest_fuselab.build.stack import build as stack
 from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.guestconfig import configure_from
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm.qemu import MachineSpec, find_qemu
 from pytest_fuselab.settings import Settings
@@ -94,7 +95,7 @@ class Lab:
         guest = Guest(self.spec, rundir or self.rundir(), ssh_port)
         try:
             guest.restore(snap.root, snap.state)
-            stack.configure_from(guest, self.settings)
+            configure_from(guest, self.settings)
         except BaseException:
             guest.shutdown()
             raise

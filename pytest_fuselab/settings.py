@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
+from pytest_fuselab.build.stack.spec import StackSpec, label, parse as parse_stack
 from pytest_fuselab.errors import SettingError
 
 
@@ -52,20 +53,19 @@ def _kernel(value: str) -> Path | None:
     return path.resolve()
 
 
-def _modules(value: str) -> Path | None:
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"no modules directory at {path}")
-    return path.resolve()
+def _directory(what: str) -> Callable[[str], Path | None]:
+    def parse(value: str) -> Path | None:
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"no {what} directory at {path}")
+        return path.resolve()
+    return parse
 
 
-def _stack(value: str) -> str:
-    from pytest_fuselab.build.stack import parse  # checks the sources exist; the build happens when an image needs it
-
-    parse(value)
-    return value or "debian"
+def _stack(value: str) -> StackSpec | None:
+    return parse_stack(value)  # checks the sources exist; the build happens when an image needs it
 
 
 def _socket_mode(value: str) -> str:
@@ -74,11 +74,15 @@ def _socket_mode(value: str) -> str:
     return value
 
 
-def _fuse_conf(value: str) -> str:
+def _fuse_conf(value: str) -> str | None:
+    """The options as `user_allow_other,mount_max=N`; None (leave the guest's fuse.conf alone) when empty."""
+    items = []
     for item in filter(None, (v.strip() for v in value.split(","))):
-        if item != "user_allow_other" and not re.fullmatch(r"mount_max\s*=\s*\d+", item):
+        match = re.fullmatch(r"mount_max\s*=\s*(\d+)", item)
+        if item != "user_allow_other" and not match:
             raise ValueError(f"{item!r}: fuse.conf options are user_allow_other and mount_max=N")
-    return value
+        items.append(f"mount_max={match.group(1)}" if match else item)
+    return ",".join(items) or None
 
 
 def _lines(value: str) -> tuple[str, ...]:
@@ -92,6 +96,7 @@ class Option:
     default: str
     parse: Callable[[str], Any]
     metavar: str = "VALUE"
+    show: Callable[[Any], str] | None = None  # how the parsed value reads in the header (default: str, '-' if unset)
 
     @property
     def env(self) -> str:
@@ -122,16 +127,16 @@ OPTIONS = [
     Option("command_timeout", "default seconds for one guest command", "120", _seconds, "SECONDS"),
     Option("suppress", "regexes (one per line) of kernel splat titles to ignore", "", _lines, "REGEX"),
     Option("corpus", "directory of hostile images for scenarios/hostile_images (default: a small generated one)",
-           "", str, "DIR"),
+           "", _directory("corpus"), "DIR"),
     Option("stack", "FUSE stack: debian (released packages), debian-source, a stack .toml, or "
            "libfuse=SRC[@REF],e2fsprogs=SRC[@REF][,libfuse-patches=P][,e2fsprogs-patches=P]", "debian",
-           _stack, "STACK"),
+           _stack, "STACK", show=label),
     Option("socket_mode", "SocketMode= for the stack's mount-service sockets in each guest (e.g. 0666)", "",
            _socket_mode, "OCTAL"),
     Option("fuse_conf", "/etc/fuse.conf in each guest, e.g. user_allow_other,mount_max=3", "", _fuse_conf,
            "OPTS"),
     Option("modules", "the kernel's modules: a directory filled by make modules_install INSTALL_MOD_PATH=DIR, "
-           "or DIR/lib/modules/<release>", "", _modules, "DIR"),
+           "or DIR/lib/modules/<release>", "", _directory("modules"), "DIR"),
 ]
 
 
@@ -148,28 +153,32 @@ class Settings:
     watchdog: float = 30.0
     command_timeout: float = 120.0
     suppress: tuple[str, ...] = ()
-    corpus: str = ""
-    stack: str = "debian"
+    corpus: Path | None = None
+    stack: StackSpec | None = None  # None: the released Debian packages
     socket_mode: str = ""
-    fuse_conf: str = ""
+    fuse_conf: str | None = None  # None: the guest's fuse.conf as the image has it
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:
+        """Every setting as name=value, for the pytest header."""
         shown = []
         for opt in OPTIONS:
             value = getattr(self, opt.name)
-            shown.append(f"{opt.name}={value if value not in (None, ()) else '-'}")
+            text = opt.show(value) if opt.show else str(value) if value not in (None, ()) else "-"
+            shown.append(f"{opt.name}={text}")
         return ", ".join(shown)
 
 
 def resolve(cli: Mapping[str, Any] | None = None, ini: Mapping[str, Any] | None = None,
-            env: Mapping[str, str] | None = None) -> Settings:
-    """Pick each setting from the first source that has it; a bad value names its source."""
+            env: Mapping[str, str] | None = None, only: Collection[str] | None = None) -> Settings:
+    """Pick each setting (those in `only`, if given) from the first source that has it; a bad value names its source."""
     cli, ini = cli or {}, ini or {}
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for opt in OPTIONS:
+        if only is not None and opt.name not in only:
+            continue
         candidates = [(opt.flag, cli.get(opt.name)), (opt.env, env.get(opt.env)),
                       (f"ini {opt.ini}", ini.get(opt.name))]
         source, raw = next(((s, r) for s, r in candidates if r not in (None, "", [], ())), ("default", opt.default))

@@ -12,9 +12,11 @@ answer at all.  A kernel without the series has no fileattr_get for FAT (ENOTTY)
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
+from pytest_fuselab.guest import module_command
 from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS
 
 CASEFOLD = 0x00040000
@@ -23,51 +25,21 @@ BOTH = CASEFOLD | CASENONPRESERVING
 MNT = "/mnt/casefold"
 ENOTTY_REASON = "FS_IOC_FSGETXATTR on vfat fails with ENOTTY"
 
-# In the guest: `flags.py get PATH...` and `flags.py set PATH XFLAGS` print JSON per path.
-PROBE = r'''
-import errno, fcntl, json, os, struct, sys
-GET, SET, FMT = 0x801C581F, 0x401C5820, "IIIII8x"
-def get(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return struct.unpack(FMT, fcntl.ioctl(fd, GET, bytes(28)))[0]
-    finally:
-        os.close(fd)
-def main(op, *args):
-    out = {}
-    for path in (args if op == "get" else args[:1]):
-        try:
-            before = get(path)
-            if op == "set":
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    fcntl.ioctl(fd, SET, struct.pack(FMT, before | int(args[1], 0), 0, 0, 0, 0))
-                    out[path] = {"set": "accepted", "before": before, "after": get(path)}
-                except OSError as exc:
-                    out[path] = {"set": errno.errorcode[exc.errno], "before": before, "after": get(path)}
-                finally:
-                    os.close(fd)
-            else:
-                out[path] = {"xflags": before}
-        except OSError as exc:
-            out[path] = {"error": errno.errorcode[exc.errno]}
-    print(json.dumps(out))
-main(*sys.argv[1:])
-'''
+# In the guest: `PROBE get PATH...` and `PROBE set PATH XFLAGS` print JSON by path.
+PROBE = module_command("probes.casefold")
 
 
 def flags(guest, *paths: str) -> dict[str, dict]:
-    return json.loads(guest.run(["python3", "/tmp/flags.py", "get", *paths]).stdout)
+    return json.loads(guest.run([*PROBE.split(), "get", *paths]).stdout)
 
 
 def try_set(guest, path: str, xflags: int) -> dict:
-    return json.loads(guest.run(["python3", "/tmp/flags.py", "set", path, hex(xflags)]).stdout)[path]
+    return json.loads(guest.run([*PROBE.split(), "set", path, hex(xflags)]).stdout)[path]
 
 
 def fat(guest, fuselab_disk, fstype: str, options: str = "") -> str:
     """A fresh FAT disk mounted at MNT as `fstype` with `options`; skips where the kernel has no
     FAT or no case-folding flags."""
-    guest.put("/tmp/flags.py", PROBE)
     if not guest.run(f"modprobe {fstype}", check=False).ok:
         pytest.skip(f"kernel {guest.run('uname -r').stdout.strip()} has no {fstype} (CONFIG_{fstype.upper()}_FS)")
     disk = fuselab_disk("64M")
@@ -113,7 +85,6 @@ def test_vfat_nocase(fuselab_guest, fuselab_disk):
 
 def ext4_casefold(guest, fuselab_disk) -> str:
     """A casefold ext4 disk with /cf (chattr +F) and /plain, each holding a file; returns the device."""
-    guest.put("/tmp/flags.py", PROBE)
     if not fat_series(guest, fuselab_disk):
         pytest.skip(f"kernel {guest.run('uname -r').stdout.strip()} lacks the case-folding flags series: "
                     f"{ENOTTY_REASON}")
@@ -165,7 +136,7 @@ def test_fuse_drivers_agree_with_ext4(fuselab_guest, fuselab_disk, record_proper
     elif not d.fstype == (seen_type := fuselab_guest.run(f"findmnt -n -o FSTYPE {MNT}").stdout.strip()):
         pytest.fail(f"{driver} mounted {seen_type}, not {d.fstype}")
     paths = [MNT, f"{MNT}/cf", f"{MNT}/plain"]
-    seen = json.loads(fuselab_guest.run(d.wrap(f"python3 /tmp/flags.py get {' '.join(paths)}")).stdout)
+    seen = json.loads(fuselab_guest.run(d.wrap(f"{PROBE} get {shlex.join(paths)}")).stdout)
     d.unmount(fuselab_guest, MNT)
     fuselab_guest.run(f"mount -t ext4 -o ro {device} {MNT}")
     kernel = flags(fuselab_guest, *paths)

@@ -11,6 +11,7 @@ import pytest
 
 from pytest_fuselab.vm import background
 from pytest_fuselab.judge.drivers import DRIVERS, fate_path, mounted, server_fate
+from pytest_fuselab.plugin.scenario import fresh_ext4, fsck_clean
 
 MNT = "/mnt/contained"
 SANDBOX = DRIVERS["fuse2fs-sandbox"]
@@ -21,7 +22,7 @@ def contained(fuselab_guest, fuselab_disk):
     """A fresh ext4 disk mounted through the sandboxed driver; yields (guest, device, pid)."""
     guest = fuselab_guest
     disk = fuselab_disk("128M")
-    guest.run(f"mkfs.ext4 -q {disk.path}")
+    fresh_ext4(guest, disk.path, owner=None)
     SANDBOX.mount(guest, disk.path, MNT)
     pid = guest.run("pgrep -x fuse2fs").stdout.strip()
     assert pid.isdigit(), f"expected one fuse2fs process, found {pid!r}"
@@ -81,7 +82,7 @@ def test_data_round_trip_and_a_clean_exit(contained):
     guest.run(f"head -c 3000000 /dev/urandom > /root/blob && cp /root/blob {MNT}/blob && sync {MNT}/blob")
     SANDBOX.unmount(guest, MNT)
     assert server_fate(guest, MNT) == "exit status 0"
-    assert guest.run(f"e2fsck -fn {device}", check=False).exit_status == 0
+    fsck_clean(guest, device)
     SANDBOX.mount(guest, device, MNT)
     guest.run(f"cmp /root/blob {MNT}/blob")
     SANDBOX.unmount(guest, MNT)

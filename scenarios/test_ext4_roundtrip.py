@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from pytest_fuselab.judge.drivers import DRIVERS, USER
+from pytest_fuselab.judge.drivers import DRIVERS
+from pytest_fuselab.plugin.scenario import fresh_ext4, fsck_clean
 
 MNT = "/mnt/scenario"
 PAYLOAD = "/tmp/payload"
@@ -32,7 +33,7 @@ def payload(seed: int = 2026) -> dict[str, bytes]:
 def test_ext4_roundtrip(fuselab_guest, fuselab_disk, writer, reader):
     guest = fuselab_guest
     disk = fuselab_disk("256M")
-    guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
+    fresh_ext4(guest, disk.path)
 
     files = payload()
     guest.put_tree(PAYLOAD, files)
@@ -55,5 +56,4 @@ def test_ext4_roundtrip(fuselab_guest, fuselab_disk, writer, reader):
     assert xattr == "roundtrip"
     r.unmount(guest, MNT)
 
-    fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(guest, disk.path)

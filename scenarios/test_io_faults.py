@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_fuselab.judge.drivers import DRIVERS, USER
+from pytest_fuselab.judge.drivers import DRIVERS
+from pytest_fuselab.plugin.scenario import fresh_ext4, fsck
 
 MNT, DM = "/mnt/faulty", "fuselab-faulty"
 WRITE = ("python3 -c \"import os, sys; fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC); "
@@ -35,7 +36,7 @@ def test_write_errors_are_reported_and_synced_data_survives(fuselab_guest, fusel
     disk = fuselab_disk("128M")
     table(guest, disk.path, "linear")
     dev = f"/dev/mapper/{DM}"
-    guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {dev}")
+    fresh_ext4(guest, dev)
     d.mount(guest, dev, MNT)
     guest.run(d.wrap(f"{WRITE} {MNT}/before && sha256sum {MNT}/before > /tmp/before.sum"))
     table(guest, disk.path, "error-writes")
@@ -57,6 +58,5 @@ def test_write_errors_are_reported_and_synced_data_survives(fuselab_guest, fusel
         d.mount(guest, dev, MNT)
     guest.run(d.wrap("sha256sum -c /tmp/before.sum"))
     d.unmount(guest, MNT)
-    fsck = guest.run(f"e2fsck -fn {dev}", check=False)
-    record_property("fsck_after_fault", fsck.exit_status)
+    record_property("fsck_after_fault", fsck(guest, dev).exit_status)
     guest.run(f"dmsetup remove {DM}")

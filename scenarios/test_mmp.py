@@ -13,6 +13,7 @@ import re
 import pytest
 
 from pytest_fuselab.judge.drivers import DRIVERS, mounted
+from pytest_fuselab.plugin.scenario import fresh_ext4, fsck, fsck_clean
 
 HOLD, TRY = "/mnt/hold", "/mnt/try"
 MMP_SEQ_FSCK = 0xE24D4D50  # "fsck is running": what fuse2fs writes while it holds the disk
@@ -26,7 +27,7 @@ REFUSALS = {
 
 
 def make_mmp(guest, device, interval):
-    guest.run(f"mkfs.ext4 -q -F -O mmp -E mmp_update_interval={interval} {device}")
+    fresh_ext4(guest, device, "-O mmp", f"-E mmp_update_interval={interval}", owner=None)
 
 
 def mmp_block(guest, device) -> dict[str, str]:
@@ -83,8 +84,7 @@ def test_contender_is_refused_then_takes_over(fuselab_guest_pair, fuselab_shared
     c.mount(b, disk_b.path, TRY)
     assert b.run(c.wrap(f"cat {TRY}/data")).stdout == DATA
     c.unmount(b, TRY)
-    fsck = a.run(f"e2fsck -fn {disk_a.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(a, disk_a.path)
 
 
 @pytest.mark.parametrize("holder", ["kernel", "fuse2fs"])
@@ -98,10 +98,10 @@ def test_fsck_from_the_other_guest(fuselab_guest_pair, fuselab_shared_disk, hold
     hold_with_data(a, h, disk_a.path)
     repair = b.run(f"e2fsck -fp {disk_b.path}", check=False, timeout=180)
     assert repair.exit_status >= 8 and "MMP" in repair.stdout + repair.stderr, repair
-    b.run(f"e2fsck -fn {disk_b.path}", check=False, timeout=180)  # may report a live fs: not a verdict
+    fsck(b, disk_b.path, timeout=180)  # may report a live fs: not a verdict
     assert a.run(h.wrap(f"cat {HOLD}/data")).stdout == DATA
     h.unmount(a, HOLD)
-    assert a.run(f"e2fsck -fn {disk_a.path}", check=False).exit_status == 0
+    fsck_clean(a, disk_a.path)
 
 
 @pytest.mark.parametrize("death", ["holder-qemu-killed", "fuse2fs-server-killed"])
@@ -127,8 +127,7 @@ def test_takeover_after_the_holder_dies(fuselab_guest_pair, fuselab_shared_disk,
         k.mount(b, disk_b.path, TRY)
     assert b.run(f"cat {TRY}/data").stdout == DATA
     k.unmount(b, TRY)
-    fsck = b.run(f"e2fsck -fn {disk_b.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(b, disk_b.path)
     if stuck is not None:
         pytest.xfail(f"the killed fuse2fs left the MMP block in the fsck state (sequence {stuck.get('sequence')}): "
                      "the contender is refused until `tune2fs -E clear_mmp`; data was intact after it")

@@ -12,14 +12,15 @@ import time
 import pytest
 
 from pytest_fuselab.vm import background
-from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS, USER, abort_connection, mounted, server_fate
+from pytest_fuselab.judge.drivers import DRIVERS, FUSE_DRIVERS, abort_connection, mounted, server_fate
+from pytest_fuselab.plugin.scenario import fresh_ext4, fsck_clean
 
 MNT = "/mnt/race"
 
 
 def fresh_fs(guest, disk_factory):
     disk = disk_factory("256M")
-    guest.run(f"mkfs.ext4 -q -F -E root_owner=$(id -u {USER}):$(id -g {USER}) {disk.path}")
+    fresh_ext4(guest, disk.path)
     return disk
 
 
@@ -60,8 +61,7 @@ def test_lazy_unmount_with_open_files_and_io(fuselab_guest, fuselab_disk, driver
         while not server_fate(guest, MNT) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert server_fate(guest, MNT) == "exit status 0", "fuse2fs did not exit after the last user went away"
-    fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(guest, disk.path)
     d.mount(guest, disk.path, MNT)
     lines = guest.run(d.wrap(f"wc -l < {MNT}/log")).stdout.strip()
     assert int(lines) > 0
@@ -102,8 +102,7 @@ def test_umount_races_open_and_stat_loops(fuselab_guest, fuselab_disk, driver):
         loop.kill()
         assert loop.wait()
     assert mounted(guest, MNT) == ""
-    fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(guest, disk.path)
 
 
 CYCLES = {"kernel": 300, "fuse2fs": 40, "fuse2fs-user": 40, "fuse2fs-sandbox": 15, "fuse4fs-service": 15}
@@ -122,5 +121,4 @@ def test_mount_unmount_cycles(fuselab_guest, fuselab_disk, driver, record_proper
     d.mount(guest, disk.path, MNT)
     assert guest.run(d.wrap(f"cat {MNT}/last")).stdout.strip() == str(n)
     d.unmount(guest, MNT)
-    fsck = guest.run(f"e2fsck -fn {disk.path}", check=False)
-    assert fsck.exit_status == 0, fsck
+    fsck_clean(guest, disk.path)

@@ -147,6 +147,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 @pytest.mark.guest
+@pytest.mark.build  # fetches two Debian kernels and makes their module disks
 def test_git_bisect_run_finds_the_first_bad_kernel_and_skips_a_broken_one(tmp_path):
     from pytest_fuselab.build.kernel import debian as debkernel
 

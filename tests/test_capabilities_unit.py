@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pytest_fuselab import capabilities
 from pytest_fuselab.capabilities import Capabilities
 from pytest_fuselab.errors import FuselabError
+
+ROOT = Path(capabilities.__file__).resolve().parents[1]  # where `pytest_fuselab` lies
 
 RELEASED = {
     "kernel": "7.2.13+deb14-amd64", "libfuse_version": "3.18.3",
@@ -67,17 +71,39 @@ def test_json_round_trip_ignores_unknown_keys():
 
 
 class FakeGuest:
-    """Runs the probe on this host (where it can run), as a guest would."""
+    """Runs the probe's command on this host (where it can run), with the package where the guest has it."""
+
+    def __init__(self):
+        self.commands = []
 
     def run(self, cmd, timeout=60, check=True, input="", env=None):
-        proc = subprocess.run([sys.executable, "-"], input=input, capture_output=True, text=True, timeout=timeout)
+        self.commands.append(cmd)
+        assert cmd[0] == "python3"
+        proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
         return type("R", (), {"exit_status": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})
 
 
-def test_probe_script_runs_and_parses():
-    caps = capabilities.probe(FakeGuest())
+def test_probe_module_runs_and_parses():
+    guest = FakeGuest()
+    caps = capabilities.probe(guest)
+    assert guest.commands == [["python3", "-S", "-m", "pytest_fuselab.guest.probes.capabilities"]]
     assert caps.kernel and caps.filesystems
     assert caps.so_passrights.startswith(("yes", "no:"))
+    assert caps.fsopen_fuse.startswith(("yes", "no:")) and caps.fsopen_fuse_subtype.startswith(("yes", "no:"))
+
+
+def test_probe_reports_every_field_the_host_reads():
+    from pytest_fuselab.guest.probes import capabilities as guest_probe
+
+    assert set(guest_probe.probe()) == set(Capabilities.__dataclass_fields__)
+
+
+def test_probe_is_a_guest_module():
+    from pytest_fuselab.build.recipe import guest_files
+
+    assert "lib/pytest_fuselab/guest/probes/capabilities.py" in guest_files()
+    assert not hasattr(capabilities, "PROBE")
 
 
 def test_require_skips_with_the_reason():
@@ -110,3 +136,24 @@ def test_header_shows_the_newest_probe_of_this_recipe_and_stack(tmp_path, monkey
     lines = capabilities.header_lines(settings)
     assert "stack debian-source (image sid+debian-source-abc" in lines[0]
     assert any("mount service ABSENT (fuservicemount3 is not installed" in line for line in lines)
+
+
+def test_lab_probe_is_recorded_under_the_stack_label(tmp_path, monkeypatch):
+    from pytest_fuselab.settings import resolve
+
+    monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+
+    class ProbedGuest(FakeGuest):
+        def shutdown(self):
+            self.down = True
+
+    guest = ProbedGuest()
+    lab = type("L", (), {"settings": resolve(cli={"stack": "debian-source", "fuse_conf": "user_allow_other"}, env={}),
+                         "snapshot": type("S", (), {"directory": tmp_path / "snap1"}),
+                         "image": type("I", (), {"directory": tmp_path / "sid+debian-source-abc"}),
+                         "rundir": lambda self, name: tmp_path / name, "guest": lambda self, rundir: guest})()
+    caps = capabilities.for_lab(lab)
+    assert guest.down and capabilities.for_lab(lab) == caps and len(guest.commands) == 1  # the record, not a guest
+    record = capabilities.latest_record("sid", "debian-source")
+    assert record is not None and record["image"] == "sid+debian-source-abc"
+    assert [p.name for p in capabilities.records_dir().iterdir()][0].startswith("snap1-")  # fuse.conf is per run

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fuselab import cache
 from pytest_fuselab.build import image
 from pytest_fuselab.build import initramfs
 from pytest_fuselab.build import recipe
@@ -83,19 +84,63 @@ def test_a_damaged_cached_image_is_noticed(tmp_path):
     assert "initrd.gz has 4 bytes" in img.problem()
 
 
-def test_ensure_rebuilds_a_corrupt_image_with_a_message(tmp_path, monkeypatch):
+def fake_image(work: Path, data: bytes = b"") -> None:
+    """What _build leaves: a real (small) qcow2 and a manifest with sizes and digests."""
+    raw = work / "base.raw"
+    raw.write_bytes(data or os.urandom(4 << 20))
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "base.qcow2")], check=True)
+    raw.unlink()
+    files = ("base.qcow2",)
+    manifest = {"sizes": {f: (work / f).stat().st_size for f in files},
+                "digests": {f: cache.digest_of(work / f) for f in files}, "recipe_key": "k"}
+    (work / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_ensure_sets_a_corrupt_image_aside_and_rebuilds_it_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
     archive = {"fuse3": "3.18.3-1"}
     monkeypatch.setattr(image.versions, "archive_versions", lambda *a, **k: archive)
+    monkeypatch.setattr(image, "require_root", lambda what: None)
+    built = []
+    monkeypatch.setattr(image, "_build", lambda rec, work, progress, arch, layer: built.append(work) or fake_image(work))
     r = recipe.load("sid")
     target = image.image_for(r, archive)
     target.directory.mkdir(parents=True)
     (target.directory / "manifest.json").write_text("{broken")
-    built, said = [], []
-    monkeypatch.setattr(image, "build", lambda rec, tgt, progress, arch, layer=None: built.append(tgt) or tgt)
+    said = []
+    assert image.ensure(r, said.append) == target
+    assert [w.name for w in built] == [f"{target.directory.name}.build-{os.getpid()}"]
+    assert target.problem() is None
+    assert any("unusable (manifest unreadable" in m and "set aside" in m for m in said)
+    aside = list(target.directory.parent.glob(target.directory.name + ".bad-*"))
+    assert (aside[0] / "manifest.json").read_text() == "{broken"  # kept for a person to read
+    assert image.built_images() == [target]
     image.ensure(r, said.append)
-    assert built == [target]
-    assert any("unusable (manifest unreadable" in m and "rebuilding" in m for m in said)
+    assert len(built) == 1
+
+
+def test_random_bytes_inside_the_base_image_are_detected(tmp_path):
+    """1 MiB of random bytes written inside base.qcow2 (same size, mtime put back) fails its digest."""
+    fake_image(tmp_path)
+    img = image.Image(tmp_path)
+    assert img.problem() is None
+    base = tmp_path / "base.qcow2"
+    before = base.stat()
+    assert before.st_size > 3 << 20
+    with open(base, "r+b") as f:
+        f.seek(before.st_size - (2 << 20))
+        f.write(os.urandom(1 << 20))
+    os.utime(base, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert base.stat().st_size == before.st_size
+    assert img.problem() == "base.qcow2 does not match the digest recorded when it was built"
+
+
+def test_an_image_without_recorded_digests_is_still_usable(tmp_path):
+    fake_image(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["digests"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert image.Image(tmp_path).problem() is None
 
 
 def test_new_archive_versions_mean_a_new_image(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""The guest's judge (guest_judge.py): its steps on the host (unit), and batches of drivers in
-real guests: a splat is blamed on the driver that caused it, step deadlines hold."""
+"""The guest's judge (guest/judge.py, steps.py, kmsg.py): its steps on the host (unit), and batches
+of drivers in real guests: a splat is blamed on the driver that caused it, step deadlines hold."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_fuselab.judge import containment
 from pytest_fuselab.guest import judge as guest_judge
+from pytest_fuselab.guest import kmsg, steps
+from pytest_fuselab.guest.protocol import DriverSpec, JudgeAnswer
+from pytest_fuselab.judge import containment
 from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.reproducers import extract
 
@@ -31,7 +34,7 @@ def tree(root: Path) -> Path:
 
 
 def test_walk_visits_entries_files_links_and_xattrs(tmp_path, capsys):
-    assert guest_judge.walk(str(tree(tmp_path))) == 0
+    assert steps.walk(str(tree(tmp_path))) == 0
     assert "walked 5 entries, read 2 files, 0 errors" in capsys.readouterr().out
 
 
@@ -44,15 +47,15 @@ def test_walk_reports_the_first_error_with_its_errno(tmp_path, monkeypatch):
             raise OSError(errno.EUCLEAN, "Structure needs cleaning")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(guest_judge.os, "lstat", lstat)
-    with pytest.raises(guest_judge.StepFailed) as failed:
-        guest_judge.walk(str(top))
+    monkeypatch.setattr(steps.os, "lstat", lstat)
+    with pytest.raises(steps.StepFailed) as failed:
+        steps.walk(str(top))
     assert failed.value.errno == "EUCLEAN"
     assert str(failed.value) == f"stat {top}/d/e: EUCLEAN (Structure needs cleaning)"
 
 
 def test_modify_leaves_nothing_behind(tmp_path):
-    assert guest_judge.modify(str(tmp_path)) == 0
+    assert steps.modify(str(tmp_path)) == 0
     assert list(tmp_path.iterdir()) == []
 
 
@@ -60,29 +63,29 @@ def test_step_in_a_child_records_errno_status_and_words(tmp_path, monkeypatch):
     def refuse(*paths):
         raise OSError(errno.EROFS, "Read-only file system", paths[0])
 
-    monkeypatch.setattr(guest_judge.os, "rename", refuse)
-    step = guest_judge.in_child("modify", 10, None, guest_judge.modify, str(tmp_path))
-    assert (step["status"], step["errno"]) == (1, "EROFS")
-    assert "judge: modify: rename .fl-new: EROFS (Read-only file system)" in step["said"]
-    shell = guest_judge.in_child("unmount", 10, None, guest_judge.run_shell, "echo busy >&2; exit 32")
-    assert (shell["status"], shell["errno"], shell["said"]) == (32, "", "busy")
+    monkeypatch.setattr(steps.os, "rename", refuse)
+    step = steps.in_child("modify", 10, None, steps.modify, str(tmp_path))
+    assert (step.status, step.errno) == (1, "EROFS")
+    assert "judge: modify: rename .fl-new: EROFS (Read-only file system)" in step.said
+    shell = steps.in_child("unmount", 10, None, steps.run_shell, "echo busy >&2; exit 32")
+    assert (shell.status, shell.errno, shell.said) == (32, "", "busy")
 
 
 @pytest.mark.parametrize("runner", ["in_child", "command_step"])
 def test_commands_run_without_a_shell_and_umount_is_the_system_call(tmp_path, runner):
     def step(name, command):
         if runner == "in_child":
-            return guest_judge.in_child(name, 10, None, guest_judge.run, command)
-        return guest_judge.command_step(name, 10, None, command)  # spawned, or in a child for umount
+            return steps.in_child(name, 10, None, steps.run, command)
+        return steps.command_step(name, 10, None, command)  # spawned, or in a child for umount
 
     argv = step("fsck", ["sh", "-c", "echo $0 >&2; exit 4", "direct"])
-    assert (argv["status"], argv["said"]) == (4, "direct")
+    assert (argv.status, argv.said) == (4, "direct")
     missing = step("fsck", ["/nonexistent/e2fsck", "-fn"])
-    assert (missing["status"], missing["errno"]) == (1, "ENOENT")
-    assert "cannot run /nonexistent/e2fsck: ENOENT" in missing["said"]
+    assert (missing.status, missing.errno) == (1, "ENOENT")
+    assert "cannot run /nonexistent/e2fsck: ENOENT" in missing.said
     not_mounted = step("unmount", ["umount", str(tmp_path)])
-    assert not_mounted["status"] == 1 and not_mounted["errno"] in ("EINVAL", "EPERM")  # EPERM when not root
-    assert f"umount {tmp_path}: " in not_mounted["said"]
+    assert not_mounted.status == 1 and not_mounted.errno in ("EINVAL", "EPERM")  # EPERM when not root
+    assert f"umount {tmp_path}: " in not_mounted.said
 
 
 def test_a_service_instances_fate_is_read_from_systemds_words():
@@ -96,35 +99,36 @@ def test_a_service_instances_fate_is_read_from_systemds_words():
 
 
 def test_a_step_past_its_deadline_is_killed():
-    step = guest_judge.in_child("walk", 0.5, None, guest_judge.run_shell, "sleep 30")
-    assert step["status"] == -1 and step["seconds"] < 5
-    assert "no result within 0.5 s (killed)" in step["said"]
-    spawned = guest_judge.command_step("fsck", 0.5, None, ["sh", "-c", "sleep 30 & sleep 30"])
-    assert spawned["status"] == -1 and spawned["seconds"] < 5  # its whole session is killed
-    assert "no result within 0.5 s (killed)" in spawned["said"]
+    step = steps.in_child("walk", 0.5, None, steps.run_shell, "sleep 30")
+    assert step.status == -1 and step.seconds < 5
+    assert "no result within 0.5 s (killed)" in step.said
+    spawned = steps.command_step("fsck", 0.5, None, ["sh", "-c", "sleep 30 & sleep 30"])
+    assert spawned.status == -1 and spawned.seconds < 5  # its whole session is killed
+    assert "no result within 0.5 s (killed)" in spawned.said
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
 def test_a_users_step_runs_as_that_user():
-    step = guest_judge.in_child("walk", 10, "nobody", guest_judge.run_shell, "id -un")
-    assert (step["status"], step["said"]) == (0, "nobody")
+    step = steps.in_child("walk", 10, "nobody", steps.run_shell, "id -un")
+    assert (step.status, step.said) == (0, "nobody")
 
 
 def test_kernel_log_records_read_like_the_console():
-    line = guest_judge.console_line("4,812,12345678,-;WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2\n SUBSYSTEM=x\n")
+    line = kmsg.console_line("4,812,12345678,-;WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2\n SUBSYSTEM=x\n")
     assert line == "[   12.345678] WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2"
-    assert guest_judge.console_line("6,1,5,-;a\\x0ab") == "[    0.000005] a\nb"
+    assert kmsg.console_line("6,1,5,-;a\\x0ab") == "[    0.000005] a\nb"
 
 
 def test_driver_specs_carry_what_the_judge_runs():
     spec = DRIVERS["fuse2fs-user"].judge_spec("/dev/vdb", "/mnt/hostile-fuse2fs-user")
-    assert spec["mount"] == ["start", "/run/fuselab/servers/mnt-hostile-fuse2fs-user.json", "/mnt/hostile-fuse2fs-user",
+    assert spec.mount == ["start", "/run/fuselab/servers/mnt-hostile-fuse2fs-user.json", "/mnt/hostile-fuse2fs-user",
                              "fuse2fs", "-f", "/dev/vdb", "/mnt/hostile-fuse2fs-user", "-o", "fakeroot"]
-    assert (spec["user"], spec["unmount"]) == ("fuselab", ["fusermount3", "-u", "/mnt/hostile-fuse2fs-user"])
+    assert (spec.user, spec.unmount) == ("fuselab", ["fusermount3", "-u", "/mnt/hostile-fuse2fs-user"])
     kernel = DRIVERS["kernel"].judge_spec("/dev/vdc", "/mnt/k", "errors=continue")
-    assert kernel["mount"] == ["exec", "mount", "-t", "ext4", "-o", "errors=continue", "/dev/vdc", "/mnt/k"]
-    assert kernel["unmount"] == ["umount", "/mnt/k"] and kernel["fate"] is None
-    assert DRIVERS["fuse2fs-sandbox"].judge_spec("/dev/vdd", "/mnt/s")["mount"][0] == "sandbox"
+    assert kernel.mount == ["exec", "mount", "-t", "ext4", "-o", "errors=continue", "/dev/vdc", "/mnt/k"]
+    assert kernel.unmount == ["umount", "/mnt/k"] and kernel.fate is None
+    assert DRIVERS["fuse2fs-sandbox"].judge_spec("/dev/vdd", "/mnt/s").mount[0] == "sandbox"
+    assert DriverSpec.from_json(spec.to_json()) == spec  # what the judge receives is what was built
 
 
 # -- real guests -------------------------------------------------------------------------------
@@ -133,11 +137,11 @@ def test_driver_specs_carry_what_the_judge_runs():
 class Warner(Driver):
     """Kernel ext4, but its mount also logs a WARNING, as a kernel bug hit while mounting would."""
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
         spec = super().judge_spec(device, mountpoint, options)
         warn = ("echo '<4>WARNING: CPU: 0 PID: 1 at fs/ext4/super.c:1 ext4_fill_super+0x1/0x2' > /dev/kmsg && "
                 "echo '<4>---[ end trace 0000000000000000 ]---' > /dev/kmsg")
-        spec["mount"] = ["sh", f"{warn} && {spec['mount'][1]}"]  # type: ignore[index]
+        spec.mount = ["sh", f"{warn} && {shlex.join(spec.mount[1:])}"]
         return spec
 
 
@@ -145,9 +149,9 @@ class Warner(Driver):
 class Sleeper(Driver):
     """fuse2fs with a process sitting in the mount, so that it cannot be unmounted."""
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
         spec = super().judge_spec(device, mountpoint, options)
-        spec["mount"] = ["sh", f"python3 -S -m pytest_fuselab.guest.fuseserver start --fate {spec['fate']} "
+        spec.mount = ["sh", f"python3 -S -m pytest_fuselab.guest.fuseserver start --fate {spec.fate} "
                                f"--mountpoint {mountpoint} -- fuse2fs -f {device} {mountpoint} && "
                                f"(cd {mountpoint} && setsid sleep 600 </dev/null >/dev/null 2>&1 &)"]
         return spec
@@ -199,9 +203,9 @@ def test_a_mount_that_cannot_be_removed_is_a_breach(lab, image, tmp_path, monkey
         v = containment.judge(guest, tmp_path / "disk.raw", "good.img#0", image, driver)
     finally:
         guest.shutdown()
-    steps = {s.name: s for s in v.steps}
-    assert steps["mount"].status == 0 and steps["walk"].status == 0
-    assert steps["unmount"].status != 0 and "busy" in steps["unmount"].said, steps["unmount"]  # a cwd in there
+    by_name = {s.name: s for s in v.steps}
+    assert by_name["mount"].status == 0 and by_name["walk"].status == 0
+    assert by_name["unmount"].status != 0 and "busy" in by_name["unmount"].said, by_name["unmount"]  # a cwd in there
     assert v.stuck_mount and v.verdict == "breach"  # a mount that cannot be removed is a breach
 
 

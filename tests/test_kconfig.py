@@ -41,8 +41,8 @@ def test_parse_reads_values_and_unset_options():
 
 
 def test_a_complete_config_passes():
-    verdict = kconfig.require(kconfig.parse(GOOD), True, "test")
-    assert verdict.fatal == [] and verdict.scenario == []
+    checked = kconfig.require(kconfig.parse(GOOD), True, "test")
+    assert checked.fatal == [] and checked.scenario == []
 
 
 def test_a_missing_option_is_named():
@@ -53,16 +53,16 @@ def test_a_missing_option_is_named():
 
 def test_modules_without_modules_are_missing_and_core_options_must_be_built_in():
     text = GOOD.replace("CONFIG_FUSE_FS=y", "CONFIG_FUSE_FS=m").replace("CONFIG_DEVTMPFS=y", "CONFIG_DEVTMPFS=m")
-    verdict = kconfig.check(kconfig.parse(text), has_modules=False)
-    assert any("CONFIG_FUSE_FS=m but the kernel comes without modules" in f for f in verdict.fatal)
-    assert any(f.startswith("CONFIG_DEVTMPFS=m (must be y") for f in verdict.fatal)
+    checked = kconfig.check(kconfig.parse(text), has_modules=False)
+    assert any("CONFIG_FUSE_FS=m but the kernel comes without modules" in f for f in checked.fatal)
+    assert any(f.startswith("CONFIG_DEVTMPFS=m (must be y") for f in checked.fatal)
     assert kconfig.check(kconfig.parse(text.replace("CONFIG_DEVTMPFS=m", "CONFIG_DEVTMPFS=y")), True).fatal == []
 
 
 def test_scenario_options_do_not_refuse_the_boot():
     text = GOOD.replace("CONFIG_DM_FLAKEY=y", "# CONFIG_DM_FLAKEY is not set")
-    verdict = kconfig.require(kconfig.parse(text), True, "test")
-    assert verdict.fatal == [] and verdict.scenario == ["CONFIG_DM_FLAKEY is not set (test_io_faults.py fails "
+    checked = kconfig.require(kconfig.parse(text), True, "test")
+    assert checked.fatal == [] and checked.scenario == ["CONFIG_DM_FLAKEY is not set (test_io_faults.py fails "
                                                         "writes with dm-flakey)"]
 
 

@@ -10,20 +10,20 @@ import json
 
 import pytest
 
-from pytest_fuselab.guest import script_path
+from pytest_fuselab.guest import module_command
 
 pytestmark = pytest.mark.guest
 
-PROTO = script_path("mountproto")
+PROTO = module_command("mountproto")
 SOCK = "/run/fuselab-proto/hostile"
 
 
 def converse(guest, attack: str, helper_attack: str = "good") -> tuple[list[dict], list[dict]]:
     guest.run("mkdir -p /run/fuselab-proto /mnt/proto && rm -f /run/fuselab-proto/*.jsonl")
-    guest.run(f"nohup python3 {PROTO} serve --attack {attack} --listen {SOCK} --log /run/fuselab-proto/s.jsonl "
+    guest.run(f"nohup {PROTO} serve --attack {attack} --listen {SOCK} --log /run/fuselab-proto/s.jsonl "
               "> /run/fuselab-proto/s.out 2>&1 & echo $! > /run/fuselab-proto/s.pid")
     guest.run(f"for i in $(seq 100); do [ -S {SOCK} ] && exit 0; sleep 0.1; done; exit 1", timeout=30)
-    guest.run(f"timeout 60 python3 {PROTO} helper --attack {helper_attack} --socket {SOCK} "
+    guest.run(f"timeout 60 {PROTO} helper --attack {helper_attack} --socket {SOCK} "
               "--log /run/fuselab-proto/h.jsonl -- hostile none /mnt/proto", timeout=90, check=False)
     guest.run("pid=$(cat /run/fuselab-proto/s.pid); for i in $(seq 100); do kill -0 $pid 2>/dev/null || exit 0; "
               "sleep 0.1; done; exit 1", timeout=30)

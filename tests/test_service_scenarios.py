@@ -1,4 +1,4 @@
-"""The service scenarios' tools (scenarios/service/servicelab.py) and their skips on a stack
+"""The service scenarios' tools (pytest_fuselab/plugin/servicelab.py) and their skips on a stack
 without the mount service."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from pytest_fuselab import guestconfig
+from pytest_fuselab.plugin import servicelab
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scenarios" / "service"))
-import servicelab  # noqa: E402
 
 
 def conversation(*requests: dict) -> servicelab.Conversation:
@@ -69,7 +70,8 @@ def test_fuse_conf_lines():
     written = {}
     guest.put = lambda path, data: written.update({path: data})
     servicelab.Service(guest, SimpleNamespace(socket_dir=None)).conf(user_allow_other=True, mount_max="0")
-    assert written == {"/etc/fuse.conf": "user_allow_other\nmount_max = 0\n"}
+    assert written == {"/etc/fuse.conf": guestconfig.fuse_conf_text("user_allow_other,mount_max=0")}
+    assert written["/etc/fuse.conf"].endswith("\nuser_allow_other\nmount_max = 0\n")
 
 
 @pytest.mark.guest

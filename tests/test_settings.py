@@ -48,3 +48,11 @@ def test_kernel_must_exist_and_be_a_bzimage(tmp_path):
 def test_suppress_lines():
     s = resolve({}, {"suppress": ["^WARNING in foo", "  ", "bar"]}, env={})
     assert s.suppress == ("^WARNING in foo", "bar")
+
+
+def test_per_run_options_are_parsed_once(tmp_path):
+    s = resolve({"fuse_conf": "user_allow_other , mount_max =  3"}, {}, env={})
+    assert s.fuse_conf == "user_allow_other,mount_max=3" and resolve({}, {}, env={}).fuse_conf is None
+    assert resolve({}, {"corpus": str(tmp_path)}, env={}).corpus == tmp_path.resolve()
+    with pytest.raises(SettingError, match="corpus from FUSELAB_CORPUS = .*no corpus directory at"):
+        resolve({}, {}, env={"FUSELAB_CORPUS": str(tmp_path / "missing")})

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from pytest_fuselab import capabilities
-from pytest_fuselab.build import stack
+from pytest_fuselab.build.stack import build
+from pytest_fuselab.build.stack.spec import parse
 from pytest_fuselab.plugin.keys import SETTINGS_KEY
 from pytest_fuselab.lab import Lab
 
@@ -24,14 +25,13 @@ pytestmark = [pytest.mark.guest, pytest.mark.timeout(3600)]
 
 @pytest.fixture(scope="module")
 def source_lab(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    settings = dataclasses.replace(pytestconfig.stash[SETTINGS_KEY], stack="debian-source")
+    settings = dataclasses.replace(pytestconfig.stash[SETTINGS_KEY], stack=parse("debian-source"))
     return Lab(settings, tmp_path_factory.mktemp("stack-lab"))
 
 
-def layer_of(lab: Lab) -> stack.Layer:
-    spec = stack.parse(lab.settings.stack)
-    assert spec is not None
-    return stack.ensure(spec, lab.progress)
+def layer_of(lab: Lab) -> build.Layer:
+    assert lab.settings.stack is not None
+    return build.ensure(lab.settings.stack, lab.progress)
 
 
 def sha256(path: Path) -> str:
@@ -98,7 +98,7 @@ def test_service_stack_and_its_socket_mode_per_run(pytestconfig: pytest.Config, 
     value = os.environ.get(SERVICE_STACK)
     if not value:
         pytest.skip(f"set {SERVICE_STACK} to a stack with the mount service (upstream trees are not in CI)")
-    base = dataclasses.replace(pytestconfig.stash[SETTINGS_KEY], stack=value)
+    base = dataclasses.replace(pytestconfig.stash[SETTINGS_KEY], stack=parse(value))
     caps = capabilities.of(Lab(base, tmp_path / "a"))
     for feature in ("mount-service", "fuservicemount3-setuid", "fuse4fs-service", "libfuse>=3.19"):
         assert caps.has(feature), caps.missing(feature)

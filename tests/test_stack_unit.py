@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pytest_fuselab.build.stack import buildroot
-from pytest_fuselab.build.stack import patchseries
-from pytest_fuselab.build import stack
+from pytest_fuselab import guestconfig
+from pytest_fuselab.build.stack import build, buildroot, keys, patchseries, spec as stackspec
 from pytest_fuselab.errors import ImageError, SettingError
 from pytest_fuselab.settings import resolve
 
@@ -33,8 +33,8 @@ def repo(path: Path, files: dict[str, str]) -> Path:
 
 
 def test_named_stacks():
-    assert stack.parse("debian") is None and stack.parse("") is None
-    spec = stack.parse("debian-source")
+    assert stackspec.parse("debian") is None and stackspec.parse("") is None
+    spec = stackspec.parse("debian-source")
     assert spec is not None and spec.libfuse.debian_package == "fuse3" and spec.e2fsprogs.debian_package == "e2fsprogs"
 
 
@@ -42,7 +42,7 @@ def test_inline_stack_with_ref_and_patches(tmp_path):
     lib = repo(tmp_path / "libfuse", {"meson.build": "x"})
     series = tmp_path / "series.mbox"
     series.write_text("x")
-    spec = stack.parse(f"name=mine,libfuse={lib}@main,e2fsprogs-patches={series}")
+    spec = stackspec.parse(f"name=mine,libfuse={lib}@main,e2fsprogs-patches={series}")
     assert spec is not None and spec.name == "mine"
     assert (spec.libfuse.origin, spec.libfuse.ref) == (str(lib), "main")
     assert spec.e2fsprogs.debian_package == "e2fsprogs" and spec.e2fsprogs.patches == (str(series),)
@@ -54,7 +54,7 @@ def test_toml_stack(tmp_path):
     (tmp_path / "s.toml").write_text('name = "svc"\n[libfuse]\nsource = "libfuse"\nref = "main"\n'
                                      'options = ["-Dservice-socket-perms=0222"]\n[e2fsprogs]\nsource = "debian:e2fsprogs"\n'
                                      'patches = ["p"]\n')
-    spec = stack.parse(str(tmp_path / "s.toml"))
+    spec = stackspec.parse(str(tmp_path / "s.toml"))
     assert spec is not None and spec.name == "svc" and spec.libfuse.origin == str(lib)
     assert spec.libfuse.options == ("-Dservice-socket-perms=0222",) and spec.e2fsprogs.patches == (str(tmp_path / "p"),)
 
@@ -67,7 +67,7 @@ def test_toml_stack(tmp_path):
 ])
 def test_bad_stacks_name_the_problem_and_the_source(value, message):
     with pytest.raises(ValueError, match=message):
-        stack.parse(value)
+        stackspec.parse(value)
     with pytest.raises(SettingError, match="stack from FUSELAB_STACK"):
         resolve(env={"FUSELAB_STACK": value})
 
@@ -78,44 +78,107 @@ def test_per_run_settings_are_checked():
         resolve(cli={"socket_mode": "rw"})
     with pytest.raises(SettingError, match="fuse.conf options are"):
         resolve(cli={"fuse_conf": "allow_root"})
-    assert stack.fuse_conf_text("user_allow_other,mount_max=3").splitlines()[1:] == ["user_allow_other",
+    assert guestconfig.fuse_conf_text("user_allow_other,mount_max=3").splitlines()[1:] == ["user_allow_other",
                                                                                     "mount_max = 3"]
-    assert "SocketMode=0666" in stack.socket_dropin("0666")
+    assert "SocketMode=0666" in guestconfig.socket_dropin("0666")
+
+
+def test_settings_hold_the_parsed_stack(tmp_path):
+    settings = resolve(env={"FUSELAB_STACK": "debian-source"})
+    assert settings.stack is not None and settings.stack.name == "debian-source"
+    assert settings.stack == stackspec.parse("debian-source") and "stack=debian-source" in settings.describe()
+    default = resolve(env={})
+    assert default.stack is None and stackspec.label(default.stack) == "debian" and "stack=debian" in default.describe()
+    lib = repo(tmp_path / "libfuse", {"meson.build": "x"})
+    inline = resolve(cli={"stack": f"libfuse={lib}"}, env={}).stack
+    assert inline is not None and inline.setting == f"libfuse={lib}" and stackspec.label(inline) == inline.setting
+
+
+def test_toml_stack_with_wrong_types_says_where(tmp_path):
+    (tmp_path / "s.toml").write_text('[libfuse]\nsource = "debian:fuse3"\noptions = "-Dx=1"\npatches = [1]\n')
+    with pytest.raises(ValueError, match="libfuse.patches must be a string or a list of strings"):
+        stackspec.parse(str(tmp_path / "s.toml"))
+    (tmp_path / "t.toml").write_text("libfuse = 3\n")
+    with pytest.raises(ValueError, match=r"\[libfuse\] must be a table"):
+        stackspec.parse(str(tmp_path / "t.toml"))
+
+
+def test_released_stack_needs_no_layer():
+    recipe = object()
+    assert build.image_inputs(recipe, None, lambda message: None) == (recipe, None)  # type: ignore[arg-type]
+
+
+class FakeGuest:
+    """Records what would be written and run in a guest."""
+
+    def __init__(self, sockets: str = "") -> None:
+        self.files: dict[str, str] = {}
+        self.commands: list[object] = []
+        self.sockets = sockets
+
+    def put(self, path, data, mode=0o644):
+        self.files[path] = data
+
+    def run(self, cmd, timeout=60, check=True, input=b"", env=None):
+        self.commands.append(cmd)
+        return type("R", (), {"stdout": self.sockets if "ListenSequentialPacket" in str(cmd) else ""})
+
+
+def test_configure_from_applies_only_what_is_set():
+    guest = FakeGuest("fuse4fs.socket\n")
+    assert guestconfig.configure_from(guest, resolve(env={})) == [] and not guest.files and not guest.commands
+    settings = resolve(cli={"fuse_conf": " user_allow_other, mount_max = 3", "socket_mode": "0666"}, env={})
+    assert settings.fuse_conf == "user_allow_other,mount_max=3"
+    changed = guestconfig.configure_from(guest, settings)
+    assert changed == ["/etc/fuse.conf: user_allow_other,mount_max=3", "fuse4fs.socket: SocketMode=0666"]
+    assert guest.files["/etc/fuse.conf"].endswith("user_allow_other\nmount_max = 3\n")
+    assert "SocketMode=0666" in guest.files["/etc/systemd/system/fuse4fs.socket.d/fuselab-socket-mode.conf"]
+    assert guest.commands[-1][-1] == "fuse4fs.socket"
+
+
+def test_stack_command_names_what_is_wrong(monkeypatch):
+    from pytest_fuselab.cli import main, stack as stack_cli
+
+    monkeypatch.delenv("FUSELAB_STACK", raising=False)
+    assert main(["stack", "build"]) == 2
+    monkeypatch.setenv("FUSELAB_STACK", "libfuse=/nonexistent/tree")
+    with pytest.raises(SettingError, match="stack from FUSELAB_STACK"):
+        stack_cli.cli(argparse.Namespace(action="build", stack=None, rebuild=False, image=False), print)
 
 
 def test_tree_key_follows_commits_uncommitted_changes_and_untracked_files(tmp_path):
     tree = repo(tmp_path / "t", {"a.c": "one\n"})
     log = tmp_path / "log"
-    source = stack.Source("libfuse", str(tree))
-    first = stack.source_key(source, None, log)
-    assert stack.source_key(source, None, log) == first
+    source = stackspec.Source("libfuse", str(tree))
+    first = keys.source_key(source, None, log)
+    assert keys.source_key(source, None, log) == first
     (tree / "a.c").write_text("two\n")
-    second = stack.source_key(source, None, log)
+    second = keys.source_key(source, None, log)
     (tree / "new.c").write_text("new\n")
-    third = stack.source_key(source, None, log)
+    third = keys.source_key(source, None, log)
     (tree / ".gitignore").write_text("build/\n")
     (tree / "build").mkdir()
     (tree / "build" / "junk.o").write_text("x")
     git(tree, "add", "-A")
     git(tree, "commit", "-q", "-m", "more")
-    fourth = stack.source_key(source, None, log)
+    fourth = keys.source_key(source, None, log)
     assert len({first, second, third, fourth}) == 4
     (tree / "build" / "junk.o").write_text("y")  # ignored files do not count
-    assert stack.source_key(source, None, log) == fourth
-    assert "build/junk.o" not in stack.tree_files(tree) and "new.c" in stack.tree_files(tree)
-    pinned = stack.Source("libfuse", str(tree), ref="HEAD~1")
-    assert stack.source_key(pinned, None, log) != fourth
+    assert keys.source_key(source, None, log) == fourth
+    assert "build/junk.o" not in keys.tree_files(tree) and "new.c" in keys.tree_files(tree)
+    pinned = stackspec.Source("libfuse", str(tree), ref="HEAD~1")
+    assert keys.source_key(pinned, None, log) != fourth
     (tree / "a.c").write_text("three\n")  # the work tree does not matter for a ref
-    assert stack.source_key(pinned, None, log) == stack.source_key(pinned, None, log)
+    assert keys.source_key(pinned, None, log) == keys.source_key(pinned, None, log)
 
 
 def test_plain_directory_key(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("1")
-    source = stack.Source("e2fsprogs", str(tmp_path / "d"))
-    before = stack.source_key(source, None, tmp_path / "log")
+    source = stackspec.Source("e2fsprogs", str(tmp_path / "d"))
+    before = keys.source_key(source, None, tmp_path / "log")
     (tmp_path / "d" / "f").write_text("2")
-    assert stack.source_key(source, None, tmp_path / "log") != before
+    assert keys.source_key(source, None, tmp_path / "log") != before
 
 
 def mail(n: int, total: int, subject: str, diff: str) -> str:
@@ -195,10 +258,10 @@ def test_layer_goes_through_merged_usr_symlinks(tmp_path):
     (layer / "usr/lib/systemd/system/fuse4fs.socket").write_text("[Socket]\n[Install]\nWantedBy=sockets.target\n")
     (layer / "usr/lib/systemd/system/fuse4fs@.service").write_text("[Service]\n[Install]\n")
     (layer / "usr/lib/systemd/system/x.service").write_text("[Service]\n")
-    stack.install_tree(layer, root)
+    build.install_tree(layer, root)
     assert (root / "lib").is_symlink() and (root / "usr/lib/udev/rules.d/99-fuse3.rules").read_text() == "rule"
     assert (root / "usr/sbin/mke2fs").read_text() == "new" and os.readlink(root / "usr/sbin/mkfs.ext4") == "mke2fs"
-    assert stack.units_to_enable(layer) == ["fuse4fs.socket"]
+    assert build.units_to_enable(layer) == ["fuse4fs.socket"]
 
 
 def test_fresh_fuse3_pc_points_into_the_build(tmp_path):
@@ -207,19 +270,19 @@ def test_fresh_fuse3_pc_points_into_the_build(tmp_path):
     pc.parent.mkdir(parents=True)
     pc.write_text("prefix=/usr\nlibdir=${prefix}/lib/x86_64-linux-gnu\nincludedir=${prefix}/include\n"
                   "service_socket_dir=/run/filesystems\n\nName: fuse3\nVersion: 3.19.0-rc0\n")
-    pcdir = stack.private_pkgconfig(root, "/build/libfuse/dest")
+    pcdir = build.private_pkgconfig(root, "/build/libfuse/dest")
     text = root.host_path(pcdir).joinpath("fuse3.pc").read_text()
     assert "prefix=/build/libfuse/dest/usr\n" in text and "service_socket_dir=/run/filesystems\n" in text
 
 
 def test_build_arguments_follow_the_tree(tmp_path):
     (tmp_path / "meson_options.txt").write_text("option('examples', type : 'boolean')\noption('useroot', type: 'boolean')\n")
-    args = stack.meson_args(tmp_path)
+    args = build.meson_args(tmp_path)
     assert "-Dexamples=false" in args and "-Duseroot=true" in args and not any("tests" in a for a in args)
     (tmp_path / "configure").write_text("enable_fuse2fs\nenable_fuse4fs\n")
-    assert {"--enable-fuse2fs", "--enable-fuse4fs"} <= set(stack.configure_args(tmp_path))
+    assert {"--enable-fuse2fs", "--enable-fuse4fs"} <= set(build.configure_args(tmp_path))
     (tmp_path / "configure").write_text("enable_fuse2fs\n")
-    assert "--enable-fuse4fs" not in stack.configure_args(tmp_path)
+    assert "--enable-fuse4fs" not in build.configure_args(tmp_path)
 
 
 def test_deb_src_comes_from_the_host_mirror():
@@ -229,7 +292,7 @@ def test_deb_src_comes_from_the_host_mirror():
 
 def test_user_meson_options_replace_the_defaults(tmp_path):
     (tmp_path / "meson.options").write_text("option('examples', type : 'boolean')\n")
-    args = stack.meson_args(tmp_path, ("-Dexamples=true", "-Dservice-socket-perms=0222"))
+    args = build.meson_args(tmp_path, ("-Dexamples=true", "-Dservice-socket-perms=0222"))
     assert "-Dexamples=false" not in args and args[-2:] == ["-Dexamples=true", "-Dservice-socket-perms=0222"]
 
 
@@ -241,8 +304,34 @@ def test_service_examples_are_installed_with_their_units(tmp_path):
     (built / "service_ll.socket").write_text("[Socket]\nListenSequentialPacket=/run/filesystems/service_ll\n")
     (src / "service_ll@.service").write_text("[Service]\nExecStart=/path/to/service_ll\nDynamicUser=true\n")
     (built / "null.socket").write_text("[Socket]\n")  # no program built: skipped
-    assert stack.install_service_examples(built, src, dest) == ["service_ll"]
+    assert build.install_service_examples(built, src, dest) == ["service_ll"]
     unit = (dest / "usr/lib/systemd/system/service_ll@.service").read_text()
     assert unit == "[Service]\nExecStart=/usr/libexec/libfuse-examples/service_ll\nDynamicUser=true\n"
     assert (dest / "usr/libexec/libfuse-examples/service_ll").read_text() == "elf"
     assert (dest / "usr/lib/systemd/system/service_ll.socket").exists()
+
+
+def test_a_layer_is_built_once_per_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSELAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(buildroot, "ensure", lambda progress: buildroot.BuildRoot(tmp_path / "root", "sid"))
+    monkeypatch.setattr(build, "source_key", lambda source, root, log: source.origin)
+    builds = []
+
+    def fake_build(spec, root, layer, work, progress):
+        builds.append(work.name)
+        (work / "build.log").write_text("log")
+        if spec.name == "broken":
+            raise ImageError("does not build")
+        (work / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(build, "_build", fake_build)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    spec = stackspec.StackSpec("mine", stackspec.Source("libfuse", str(lib)), stackspec.Source("e2fsprogs", str(lib)))
+    layer = build.ensure(spec, print)
+    assert build.ensure(spec, print) == layer and len(builds) == 1 and layer.manifest_path.is_file()
+    build.ensure(spec, print, rebuild=True)
+    assert len(builds) == 2 and layer.manifest_path.is_file()
+    with pytest.raises(ImageError, match="does not build"):
+        build.ensure(stackspec.StackSpec("broken", spec.libfuse, spec.e2fsprogs), print)
+    assert (build.stacks_dir() / builds[-1] / "build.log").exists()  # kept for a person to read

@@ -21,7 +21,7 @@ from typing import Protocol
 from pytest_fuselab.build import initramfs
 from pytest_fuselab import proc
 from pytest_fuselab.build import versions
-from pytest_fuselab.cache import cache_dir, file_lock, require_space
+from pytest_fuselab.cache import build_once, cache_dir, digest_of, digest_problem, require_space
 from pytest_fuselab.errors import HostError, ImageError
 from pytest_fuselab.build.recipe import Recipe
 
@@ -40,6 +40,7 @@ class Layer(Protocol):
 
 APT_OPTS = ["-o", "Acquire::Check-Valid-Until=false", "-o", "Debug::NoLocking=1"]
 FORMAT = 1  # bump when the layout of a built image changes
+_NOT_IMAGE = re.compile(r"\.(build|old|bad)-")  # build_once's work, replaced and set-aside directories
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Image:
         return json.loads(self.manifest_path.read_text())  # type: ignore[no-any-return]
 
     def problem(self) -> str | None:
-        """Why this cached image cannot be used, or None if it looks whole."""
+        """Why this cached image cannot be used, or None if it is whole (its files match the manifest's digests)."""
         try:
             manifest = self.manifest()
         except (OSError, ValueError) as exc:
@@ -89,7 +90,7 @@ class Image:
             proc.run(["qemu-img", "check", "-q", str(self.base)], ImageError)
         except ImageError as exc:
             return f"base.qcow2 fails qemu-img check: {exc}"
-        return None
+        return digest_problem(self.directory, manifest.get("digests"))
 
 
 def host_mirror() -> str:
@@ -237,21 +238,24 @@ def latest_built(recipe: Recipe) -> Image | None:
 
 
 def build(recipe: Recipe, target: Image, progress: Progress, archive: dict[str, str] | None = None,
-          layer: Layer | None = None) -> Image:
-    """Build `recipe` into `target.directory` (built aside, renamed into place when whole)."""
-    require_root("building a guest image")
-    require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
-    work = target.directory.with_name(target.directory.name + f".build-{os.getpid()}")
-    remove_tree(work)
-    work.mkdir(parents=True)
-    try:
-        return _build(recipe, target, work, progress, archive, layer)
-    finally:
-        unmount_below(work)  # an interrupted debootstrap leaves /proc mounted in the chroot
+          layer: Layer | None = None, rebuild: bool = False) -> Image:
+    """Build `recipe` into `target.directory` once, under a lock (built aside, renamed into place when whole)."""
+    def fill(work: Path) -> None:
+        require_root("building a guest image")
+        require_space(images_dir(), 3 << 30, f"building image {target.directory.name}")
+        try:
+            _build(recipe, work, progress, archive, layer)
+        finally:
+            unmount_below(work)  # an interrupted debootstrap leaves /proc mounted in the chroot
+        progress(f"image {target.directory.name} built")
+
+    build_once(target.directory, fill, problem=lambda path: Image(path).problem(), what=f"image {target.directory.name}",
+               lock=target.directory.with_suffix(".lock"), progress=progress, rebuild=rebuild, remove=remove_tree)
+    return target
 
 
-def _build(recipe: Recipe, target: Image, work: Path, progress: Progress, archive: dict[str, str] | None,
-           layer: Layer | None) -> Image:
+def _build(recipe: Recipe, work: Path, progress: Progress, archive: dict[str, str] | None,
+           layer: Layer | None) -> None:
     root = work / "root"
     log = work / "build.log"
     start = time.monotonic()
@@ -281,12 +285,9 @@ def _build(recipe: Recipe, target: Image, work: Path, progress: Progress, archiv
                 "kernel_version": version, "packages": versions, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "stack": layer.manifest() if layer else None,
                 "build_seconds": round(time.monotonic() - start, 1),
-                "sizes": {f: (work / f).stat().st_size for f in files}}
+                "sizes": {f: (work / f).stat().st_size for f in files},
+                "digests": {f: digest_of(work / f) for f in files}}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    shutil.rmtree(target.directory, ignore_errors=True)
-    work.rename(target.directory)
-    step(f"image {target.directory.name} built")
-    return target
 
 
 def _stepper(progress: Progress, start: float) -> Progress:
@@ -305,22 +306,16 @@ def ensure(recipe: Recipe, progress: Progress, rebuild: bool = False, refresh: b
     previous = latest_built(recipe)
     if not archive and previous is not None and not rebuild:
         return previous
-    with file_lock(target.directory.with_suffix(".lock"), f"image {target.directory.name}", progress):
-        problem = target.problem()
-        if problem is None and not rebuild:
-            return target  # another process built it while we waited
-        if target.directory.exists() and problem:
-            progress(f"cached image {target.directory} is unusable ({problem}): rebuilding it")
-        elif previous is not None and previous != target:
-            changes = versions.describe_changes(versions.kept_for(previous.manifest_path), archive)
-            progress(f"the archive moved on since {previous.directory.name} ({changes}): building a new image")
-        return build(recipe, target, progress, archive, layer)
+    if previous is not None and previous != target and not target.directory.exists():
+        changes = versions.describe_changes(versions.kept_for(previous.manifest_path), archive)
+        progress(f"the archive moved on since {previous.directory.name} ({changes}): building a new image")
+    return build(recipe, target, progress, archive, layer, rebuild)
 
 
 def built_images() -> list[Image]:
     if not images_dir().exists():
         return []
-    return [Image(p) for p in sorted(images_dir().iterdir()) if p.is_dir() and ".build-" not in p.name]
+    return [Image(p) for p in sorted(images_dir().iterdir()) if p.is_dir() and not _NOT_IMAGE.search(p.name)]
 
 
 def unmount_below(path: Path) -> None:

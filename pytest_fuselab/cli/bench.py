@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pytest_fuselab.cli.options import add_settings, settings_from, whole
 from pytest_fuselab.judge.containment import usable_drivers
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import Settings
@@ -64,8 +67,8 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
         argv.append(f"--fuselab-kernel={settings.kernel}")
     if settings.modules:
         argv.append(f"--fuselab-modules={settings.modules}")
-    if settings.stack != "debian":
-        argv.append(f"--fuselab-stack={settings.stack}")
+    if settings.stack is not None:
+        argv.append(f"--fuselab-stack={settings.stack.setting}")
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures (--json)
         status = pytest.main([a for a in argv if a], plugins=[durations])
     if status != 0 or durations.failed:
@@ -112,3 +115,25 @@ def run(settings: Settings, runs: int = 5, images: int = 12, guests: int = 1) ->
                 "test_overhead_s": round(statistics.median(overhead), 2),
                 "samples": {"cold_boot_s": [round(x, 2) for x in cold], "reset_s": [round(x, 2) for x in reset],
                             "test_overhead_s": [round(x, 2) for x in overhead]}}
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`fuselab bench`."""
+    b = sub.add_parser("bench", help="measure cold boot, reset and per-test overhead (medians)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--runs", type=whole(1, 1000), default=5, help="runs per figure (default: %(default)s)")
+    b.add_argument("--images", type=whole(1, 10_000), default=12,
+                   help="images for images_per_min (default: %(default)s)")
+    b.add_argument("--guests", type=whole(1, 64), default=1,
+                   help="guests judging images side by side for images_per_min (default: %(default)s)")
+    add_settings(b)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    figures = run(settings_from(args), runs=args.runs, images=args.images, guests=args.guests)
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        for key, value in figures.items():
+            print(f"{key:18} {value}")
+    return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
+from pytest_fuselab.cli.options import add_settings, settings_from
 from pytest_fuselab.errors import HostError
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.lab import Lab
@@ -56,3 +58,14 @@ def run(settings: Settings, command: list[str] | None = None) -> int:
                 print(f"fuselab: guest ready; ssh on 127.0.0.1:{port} with a key made for this session "
                       f"(console: {guest.paths.console}); the guest stops when you log out")
             return subprocess.call(ssh_argv(key, port, *(command or [])))
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`fuselab shell [-- COMMAND]`."""
+    sh = sub.add_parser("shell", help="an SSH session in a fresh guest (interactive, or `shell -- CMD`)")
+    sh.add_argument("remote", nargs=argparse.REMAINDER, help="a command to run over SSH instead of a login")
+    add_settings(sh)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    return run(settings_from(args), args.remote)

@@ -1,14 +1,17 @@
-#!/usr/bin/python3
-"""The command agent that runs inside the guest (copied into the image, stdlib only).
+"""The command agent that runs inside the guest (from the lab's initramfs layer, stdlib only).
 
 It serves one virtio-serial port with newline-delimited JSON requests:
-``{"id": N, "op": "run"|"put"|"get"|"ping"|"disk"|"judge", ...}`` and answers each with
+``{"id": N, "op": "run"|"put"|"get"|"ping"|"disk"|"judge"|"tasks", ...}`` and answers each with
 ``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": "..."}``.
 Requests run in threads, so the host can have several commands in flight.
 Command output goes to temporary files, not pipes: a daemon that inherits
 stdout (a FUSE server, say) cannot keep a command from finishing.  "judge" hands a spec to
-the resident judge (judge.py --serve, started on first use) and returns its answer.
+the resident judge (judge.py --serve, started on first use) and returns its answer, unread
+(the host checks it: protocol.JudgeAnswer); "tasks" returns the tasks stuck in D state
+(tasks.py; protocol.HealthFacts), without the cost of a process.
 """
+
+from __future__ import annotations
 
 import base64
 import glob
@@ -22,6 +25,16 @@ import tempfile
 import threading
 import time
 
+from pytest_fuselab.guest import tasks
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
+
+    Request = dict[str, Any]  # a request as JSON gave it; the host builds it (vm/channel.py)
+    Reply = dict[str, Any]
+
 PORT_NAME = "org.fuselab.agent"
 WORK_DIR = "/run/fuselab-agent"
 SERVERS_DIR = "/run/fuselab/servers"
@@ -31,7 +44,8 @@ JUDGE_SOCKET = "/run/fuselab/judge.sock"
 judge_lock = threading.Lock()
 
 
-def find_port():
+def find_port() -> str | None:
+    """The device node of the lab's virtio-serial port, once the kernel has it."""
     for path in glob.glob("/sys/class/virtio-ports/*/name"):
         with open(path) as f:
             if f.read().strip() == PORT_NAME:
@@ -39,16 +53,16 @@ def find_port():
     return None
 
 
-def b64(data):
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def read_output(f):
+def read_output(f: IO[bytes]) -> bytes:
     f.seek(0)
     return f.read()
 
 
-def op_run(req):
+def op_run(req: Request) -> Reply:
     timeout = req.get("timeout")
     env = dict(os.environ, **req.get("env", {}))
     stdin = base64.b64decode(req.get("stdin", ""))
@@ -74,7 +88,7 @@ def op_run(req):
                 "timed_out": timed_out, "duration": time.monotonic() - start}
 
 
-def op_put(req):
+def op_put(req: Request) -> Reply:
     path = req["path"]
     os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     tmp = path + ".fuselab-tmp"
@@ -85,12 +99,12 @@ def op_put(req):
     return {}
 
 
-def op_get(req):
+def op_get(req: Request) -> Reply:
     with open(req["path"], "rb") as f:
         return {"data": b64(f.read())}
 
 
-def op_ping(req):
+def op_ping(req: Request) -> Reply:
     if req.get("time"):
         time.clock_settime(time.CLOCK_REALTIME, req["time"])
     with open("/proc/sys/kernel/random/boot_id") as f:
@@ -100,7 +114,7 @@ def op_ping(req):
     return {"boot_id": boot_id, "uptime": uptime}
 
 
-def op_disk(req):
+def op_disk(req: Request) -> Reply:
     """Wait until a virtio disk with the given serial appears (and its first `partitions`
     partitions); return its /dev path and size, and each partition's."""
     deadline = time.monotonic() + req.get("timeout", 30)
@@ -116,10 +130,10 @@ def op_disk(req):
                        + (f" with {req['partitions']} partitions" if req.get("partitions") else ""))
 
 
-def disk_nodes(sysdir, partitions):
+def disk_nodes(sysdir: str, partitions: int) -> Reply | None:
     """{"path", "size", "partitions": [{"path", "size"}]} of the disk at `sysdir`, once its
     device node and those of its first `partitions` partitions exist; else None."""
-    def node(directory):
+    def node(directory: str) -> dict[str, Any] | None:
         dev = "/dev/" + os.path.basename(directory)
         if not os.path.exists(dev):
             return None
@@ -138,7 +152,7 @@ def disk_nodes(sysdir, partitions):
     return {**disk, "partitions": [p for _, p in sorted(parts)]}
 
 
-def judge_connection():
+def judge_connection() -> socket.socket:
     """A connection to the resident judge, started first if it does not answer."""
     with judge_lock:
         deadline = None
@@ -159,7 +173,7 @@ def judge_connection():
             time.sleep(0.05)
 
 
-def op_judge(req):
+def op_judge(req: Request) -> Reply:
     """Judge req["spec"] in the resident judge; past req["timeout"], kill that judge."""
     start = time.monotonic()
     with judge_connection() as conn, conn.makefile("rb") as reader:
@@ -179,22 +193,30 @@ def op_judge(req):
     return {"timed_out": False, "answer": json.loads(answer), "duration": time.monotonic() - start}
 
 
-OPS = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping, "disk": op_disk, "judge": op_judge}
+def op_tasks(req: Request) -> Reply:
+    """The tasks in D state all through the next req["grace"] seconds (protocol.HealthFacts)."""
+    return {"stuck": tasks.stuck_tasks(float(req.get("grace", tasks.STUCK_GRACE)))}
+
+
+OPS: dict[str, Callable[[Request], Reply]] = {"run": op_run, "put": op_put, "get": op_get, "ping": op_ping,
+                                              "disk": op_disk, "judge": op_judge, "tasks": op_tasks}
 
 
 class Agent:
-    def __init__(self, fd):
+    """Serves the requests that arrive on the port `fd`, each in a thread of its own."""
+
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         self.lock = threading.Lock()
 
-    def send(self, msg):
+    def send(self, msg: Reply) -> None:
         data = (json.dumps(msg) + "\n").encode()
         with self.lock:
             while data:
                 n = os.write(self.fd, data)
                 data = data[n:]
 
-    def handle(self, line):
+    def handle(self, line: bytes) -> None:
         try:
             req = json.loads(line)
         except ValueError as exc:
@@ -207,8 +229,8 @@ class Agent:
             reply = {"id": req.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         self.send(reply)
 
-    def serve(self):
-        parts = []  # pieces of the line being received; only new data is searched for newlines
+    def serve(self) -> None:
+        parts: list[bytes] = []  # pieces of the line being received; only new data is searched for newlines
         while True:
             try:
                 chunk = os.read(self.fd, 1 << 20)
@@ -227,7 +249,7 @@ class Agent:
                 parts.append(chunk)
 
 
-def main():
+def main() -> None:
     os.environ["PYTHONPATH"] = GUEST_LIB  # every command it runs finds `python3 -m pytest_fuselab.guest.X`
     os.makedirs(WORK_DIR, exist_ok=True)
     os.makedirs(SERVERS_DIR, exist_ok=True)  # fates of FUSE servers (fuseserver.py), any user writes

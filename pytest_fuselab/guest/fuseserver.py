@@ -1,16 +1,15 @@
-#!/usr/bin/python3
 """Start FUSE servers in the guest so that their fate is known (runs in the guest, stdlib only).
 
-The lab puts this file into every guest as /usr/local/lib/fuselab/fuseserver.py.
+    python3 -m pytest_fuselab.guest.fuseserver start   --fate F --mountpoint M -- SERVER ARGS...
+    python3 -m pytest_fuselab.guest.fuseserver sandbox --fate F DEVICE MOUNTPOINT [-o OPTIONS]
+    python3 -m pytest_fuselab.guest.fuseserver wait    --fate F [--timeout S]   (after an unmount)
+    python3 -m pytest_fuselab.guest.fuseserver warm                             (before a snapshot)
 
-    fuseserver.py start   --fate F --mountpoint M -- SERVER ARGS...   (SERVER runs with -f)
-    fuseserver.py sandbox --fate F DEVICE MOUNTPOINT [-o OPTIONS]     (fuse2fs, contained; root)
-    fuseserver.py wait    --fate F [--timeout S]                      (after an unmount)
-    fuseserver.py warm                                                (before a snapshot)
+SERVER runs with -f; `sandbox` runs fuse2fs contained (as root).
 
 `start` returns 0 once the mount is there, or the server's own failure when it exits first;
 a keeper process stays behind as the server's parent and writes its fate (exit status, signal,
-core dump) to F as one JSON object when it ends.
+core dump) to F as one JSON object when it ends (fates.py; protocol.ServerFate on the host).
 
 `sandbox` is libfuse's mount-service split done with the released stack: this (privileged)
 side opens /dev/fuse and mounts; fuse2fs gets the connection as /dev/fd/0 and runs in a
@@ -19,8 +18,10 @@ user, no capabilities, no network, NoNewPrivileges, a system-call filter, a read
 access to its own disk only.  `systemd-run --pipe` hands its own stdin (the connection), stdout
 and stderr (the log) to the service and waits for it, so the keeper of `start` keeps
 systemd-run: its exit status is the server's, and a signal is named in its last words.  Nothing
-but fuse2fs runs in the sandbox.
+but fuse2fs runs in the sandbox.  It is started once per mount: it imports little (no protocol).
 """
+
+from __future__ import annotations
 
 import ctypes
 import json
@@ -32,6 +33,12 @@ import stat
 import subprocess
 import sys
 import time
+
+from pytest_fuselab.guest.fates import fate_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pytest_fuselab.guest.fates import Fate
 
 STATE = "/run/fuselab/servers"
 CORES = "/var/lib/fuselab/cores"
@@ -63,7 +70,7 @@ SERVER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 SYSTEMD_ENDED = re.compile(r"Main process(?:es terminated with:| exited,) code=(\w+), status=(\d+)/(\w+)")
 
 
-def describe(status):
+def describe(status: int) -> Fate:
     """A waitpid status as the fate record."""
     if os.WIFSIGNALED(status):
         return {"exit": None, "signal": signal.Signals(os.WTERMSIG(status)).name,
@@ -71,7 +78,7 @@ def describe(status):
     return {"exit": os.WEXITSTATUS(status), "signal": None, "core": False}
 
 
-def systemd_fate(text):
+def systemd_fate(text: str) -> Fate | None:
     """The fate record told by systemd's last words about a service in `text`, or None."""
     said = SYSTEMD_ENDED.findall(text)
     if not said:
@@ -82,7 +89,8 @@ def systemd_fate(text):
     return {"exit": int(status), "signal": None, "core": False}
 
 
-def write_fate(path, fate):
+def write_fate(path: str, fate: Fate) -> None:
+    """Write `fate` to `path` at once (a reader sees all of it or nothing)."""
     fate["ended"] = time.time()
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -90,12 +98,14 @@ def write_fate(path, fate):
     os.replace(tmp, path)
 
 
-def is_mounted(mountpoint):
+def is_mounted(mountpoint: str) -> bool:
+    """Whether something is mounted at `mountpoint` in our mount namespace."""
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == mountpoint for line in f)
 
 
-def tail(path, lines=15):
+def tail(path: str, lines: int = 15) -> str:
+    """The last `lines` lines of the file `path` ("" when it cannot be read)."""
     try:
         with open(path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
@@ -103,14 +113,16 @@ def tail(path, lines=15):
         return ""
 
 
-def prepare(fate):
+def prepare(fate: str) -> None:
+    """Make way for a new fate record at `fate`."""
     os.makedirs(os.path.dirname(fate), exist_ok=True)
     for stale in (fate, f"{fate}.log"):
         if os.path.exists(stale):
             os.unlink(stale)  # the lab removes another user's records before (Driver.prepare_command)
 
 
-def keep(fate, argv, log=None, stdin=None, server=None):
+def keep(fate: str, argv: list[str], log: str | None = None, stdin: int | None = None,
+         server: str | None = None) -> int:
     """Run the server `argv` as our child, wait for it and write its fate (we are its keeper).
 
     `stdin` is an fd for the server alone (its FUSE connection): the keeper closes its copy, so
@@ -150,7 +162,7 @@ def keep(fate, argv, log=None, stdin=None, server=None):
     return 0
 
 
-def start(fate, mountpoint, argv, stdin=None, server=None):
+def start(fate: str, mountpoint: str, argv: list[str], stdin: int | None = None, server: str | None = None) -> int:
     """Run `argv` (a FUSE server in the foreground) under a keeper; wait for the mount to answer."""
     prepare(fate)
     log = f"{fate}.log"
@@ -167,13 +179,13 @@ def start(fate, mountpoint, argv, stdin=None, server=None):
                 record = json.load(f)
             sys.stderr.write(tail(log))
             print(f"fuseserver: {server or argv[0]} ended before mounting: {fate_text(record)}", file=sys.stderr)
-            return record["exit"] or 1
+            return int(record.get("exit") or 1)
         if is_mounted(mountpoint) and (stdin is None or answers(mountpoint)):  # ours: once served
             return 0
         time.sleep(0.02)
 
 
-def answers(mountpoint):
+def answers(mountpoint: str) -> bool:
     """Whether the filesystem at `mountpoint` answers a stat (a FUSE server: once it serves)."""
     try:
         os.stat(mountpoint)
@@ -182,13 +194,7 @@ def answers(mountpoint):
         return False
 
 
-def fate_text(record):
-    if record.get("signal"):
-        return f"killed by {record['signal']}" + (" (core dumped)" if record.get("core") else "")
-    return f"exit status {record.get('exit')}"
-
-
-def fuse_mount(device, mountpoint):
+def fuse_mount(device: str, mountpoint: str) -> int:
     """Open /dev/fuse and mount it at `mountpoint` (root only); return the connection's fd."""
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     mode = stat.S_IFMT(os.stat(mountpoint).st_mode)
@@ -201,7 +207,7 @@ def fuse_mount(device, mountpoint):
     return fd
 
 
-def sandbox(fate, device, mountpoint, options):
+def sandbox(fate: str, device: str, mountpoint: str, options: str) -> int:
     """Mount here, run fuse2fs on the connection in a sandboxed transient unit, kept by us."""
     prepare(fate)
     device = os.path.realpath(device)
@@ -219,7 +225,8 @@ def sandbox(fate, device, mountpoint, options):
     return status
 
 
-def wait(fate, timeout):
+def wait(fate: str, timeout: float) -> int:
+    """Wait for the fate at `fate` (after an unmount) and print it."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(fate):
         if time.monotonic() > deadline:
@@ -231,7 +238,7 @@ def wait(fate, timeout):
     return 0
 
 
-def warm():
+def warm() -> int:
     """Run fuse2fs once in the sandbox, so a snapshot taken after this starts servers fast."""
     os.makedirs(CORES, mode=0o1777, exist_ok=True)
     props = [f"--property={p}" for p in SANDBOX]
@@ -239,7 +246,8 @@ def warm():
                            *props, "fuse2fs", "-V"], stdin=subprocess.DEVNULL, capture_output=True).returncode
 
 
-def option(args, name, default=None):
+def option(args: list[str], name: str, default: str = "") -> str:
+    """The value of option `name` in `args` (removed from them), or `default`."""
     if name in args:
         i = args.index(name)
         value = args[i + 1]
@@ -248,18 +256,21 @@ def option(args, name, default=None):
     return default
 
 
-def main(args):
+def main(args: list[str]) -> int:
     command, args = args[0], args[1:]
     rest = args[args.index("--") + 1:] if "--" in args else []
     args = args[:args.index("--")] if "--" in args else args
     fate = option(args, "--fate")
+    if command == "warm":
+        return warm()
+    if command in ("start", "sandbox", "wait") and not fate:
+        print(f"fuseserver: {command} needs --fate FILE", file=sys.stderr)
+        return 2
     if command == "start":
         return start(fate, option(args, "--mountpoint"), rest)
     if command == "sandbox":
         options = option(args, "-o", "")
         return sandbox(fate, args[0], args[1], options)
-    if command == "warm":
-        return warm()
     if command == "wait":
         return wait(fate, float(option(args, "--timeout", "30")))
     print(f"fuseserver: unknown command {command!r}", file=sys.stderr)

@@ -11,6 +11,8 @@ When the Nth call is reached the server creates DIR/reached-OP-N, so a test know
 that the race window is open before it acts.  Faults may repeat: write:*:delay=0.1.
 """
 
+from __future__ import annotations
+
 import argparse
 import errno
 import os
@@ -25,25 +27,31 @@ ROOT = pyfuse3.ROOT_INODE
 
 
 class Fault:
-    def __init__(self, spec):
-        op, nth, action = spec.split(":", 2)
-        self.op, self.nth, self.action = op, None if nth == "*" else int(nth), action
+    """One planned fault, from OP:N:ACTION (N may be * for every call)."""
 
-    def matches(self, op, count):
+    def __init__(self, spec: str) -> None:
+        op, nth, action = spec.split(":", 2)
+        self.op, self.action = op, action
+        self.nth: int | None = None if nth == "*" else int(nth)
+
+    def matches(self, op: str, count: int) -> bool:
+        """Whether the `count`th call of `op` is the one this fault is for."""
         return op == self.op and (self.nth is None or self.nth == count)
 
 
-class StallFS(pyfuse3.Operations):
-    def __init__(self, state, faults):
+class StallFS(pyfuse3.Operations):  # type: ignore[misc]  # pyfuse3 has no type information
+    """One flat in-memory directory whose operations pass through the planned faults."""
+
+    def __init__(self, state: str, faults: list[Fault]) -> None:
         super().__init__()
         self.state, self.faults = state, faults
-        self.counts = {}
-        self.names = {}  # name -> inode (one flat directory)
-        self.data = {}  # inode -> bytearray
-        self.modes = {}
-        self.next_inode = ROOT + 1
+        self.counts: dict[str, int] = {}
+        self.names: dict[str, int] = {}  # name -> inode (one flat directory)
+        self.data: dict[int, bytearray] = {}  # inode -> contents
+        self.modes: dict[int, int] = {}
+        self.next_inode: int = ROOT + 1
 
-    async def _gate(self, op):
+    async def _gate(self, op: str) -> None:
         """Apply the fault planned for this call of `op`, if any."""
         count = self.counts[op] = self.counts.get(op, 0) + 1
         for fault in self.faults:
@@ -62,7 +70,8 @@ class StallFS(pyfuse3.Operations):
             elif fault.action == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    def _attr(self, inode):
+    def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        """The attributes of `inode`, never cached by the kernel."""
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = inode
         if inode == ROOT:
@@ -75,43 +84,45 @@ class StallFS(pyfuse3.Operations):
         entry.attr_timeout = entry.entry_timeout = 0
         return entry
 
-    async def getattr(self, inode, ctx=None):
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         await self._gate("getattr")
         if inode != ROOT and inode not in self.data:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(inode)
 
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         await self._gate("lookup")
         inode = self.names.get(name.decode())
         if parent_inode != ROOT or inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(inode)
 
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         return inode
 
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         await self._gate("readdir")
         for i, (name, inode) in enumerate(sorted(self.names.items())):
             if i >= start_id and not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode), i + 1):
                 break
 
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         await self._gate("create")
         inode, self.next_inode = self.next_inode, self.next_inode + 1
         self.names[name.decode()], self.data[inode], self.modes[inode] = inode, bytearray(), stat.S_IFREG | mode
         return pyfuse3.FileInfo(fh=inode), self._attr(inode)
 
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         await self._gate("open")
         return pyfuse3.FileInfo(fh=inode)
 
-    async def read(self, fh, off, size):
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         await self._gate("read")
         return bytes(self.data[fh][off:off + size])
 
-    async def write(self, fh, off, buf):
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
         await self._gate("write")
         data = self.data[fh]
         if len(data) < off:
@@ -119,28 +130,29 @@ class StallFS(pyfuse3.Operations):
         data[off:off + len(buf)] = buf
         return len(buf)
 
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         await self._gate("setattr")
         if fields.update_size:
             del self.data[inode][attr.st_size:]
         return self._attr(inode)
 
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._gate("unlink")
         inode = self.names.pop(name.decode(), None)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
 
-    async def flush(self, fh):
+    async def flush(self, fh: int) -> None:
         await self._gate("flush")
 
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: int, datasync: bool) -> None:
         await self._gate("fsync")
 
-    async def release(self, fh):
+    async def release(self, fh: int) -> None:
         await self._gate("release")
 
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         await self._gate("statfs")
         st = pyfuse3.StatvfsData()
         st.f_bsize = st.f_frsize = 4096
@@ -149,8 +161,10 @@ class StallFS(pyfuse3.Operations):
         return st
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    """Mount stallfs with the planned faults and serve until it is unmounted or killed."""
+    parser = argparse.ArgumentParser(prog="python3 -m pytest_fuselab.guest.stallfs",
+                                     description=(__doc__ or "").splitlines()[0])
     parser.add_argument("mountpoint")
     parser.add_argument("--state", required=True, help="directory for reached-/release- marker files")
     parser.add_argument("--fault", action="append", default=[], help="OP:N:ACTION (see the module text)")

@@ -11,15 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from pytest_fuselab.judge import partitions
-from pytest_fuselab.judge import splats
-from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.errors import GuestError
-from pytest_fuselab.vm.guest import Disk, Guest
-from pytest_fuselab.lab import Lab
-from pytest_fuselab.vm.machine import Runstate
-from pytest_fuselab.reproducers import Extracted
+from pytest_fuselab.guest.protocol import JudgeAnswer, JudgeSpec, StepRecord
+from pytest_fuselab.judge import partitions, splats
+from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.judge.health import Health, check
+from pytest_fuselab.lab import Lab
+from pytest_fuselab.reproducers import Extracted
+from pytest_fuselab.vm.guest import Disk, Guest
+from pytest_fuselab.vm.machine import Runstate
 
 MNT = "/mnt/hostile"  # each driver mounts at MNT-<driver>
 MAX_DISKS = 56  # hot-plugged disks per guest before it is replaced (PCI slots: qemu.bridge_args)
@@ -29,13 +29,7 @@ T = TypeVar("T")
 UNJUDGED = "unjudged"  # the batch stopped before this driver: judge it on a fresh guest
 
 
-@dataclass
-class Step:
-    name: str
-    status: int  # exit status; -1 when the step timed out or the guest went away
-    said: str  # the end of its stderr
-    seconds: float
-    errno: str = ""  # the errno the step failed with, when it failed on a system call
+Step = StepRecord  # one step of a verdict, as the guest's judge sent it (or the host's "judge" step)
 
 
 @dataclass
@@ -98,37 +92,29 @@ def judge_drivers(guest: Guest, disks: list[Disk], name: str, extracted: Extract
     already hurt); together, all of them when anything went wrong (no one to blame).  Callers
     skip images that are not ext2/3/4 before plugging disks for them."""
     start, since = time.monotonic(), guest.console_offset()
-    spec = {"deadlines": DEADLINES, "stop": STOP, "together": together, "drivers": [
+    spec = JudgeSpec(deadlines=dict(DEADLINES), stop=STOP, together=together, drivers=[
         d.judge_spec(disk.path, mountpoint(d), "" if d.fuse else extracted.mount_options)  # syzbot's options are
-        for d, disk in zip(drivers, disks, strict=True)]}                                   # kernel mount options
-    failure, records, answer = "", [], {}
-    most = sum(DEADLINES.values()) * (1 if together else len(drivers))  # the steps' own deadlines bound it
-    try:
-        answer = guest.judge(spec, timeout=most + 60) or {"error": f"no answer within {most + 60} s (killed)"}
-        if "error" in answer:
-            failure = f"the guest's judge failed: {answer['error'][-300:]}"
-        else:
-            records = answer["verdicts"]
-    except (GuestError, KeyError) as exc:
-        failure = f"the guest's judge gave no verdict: {exc}"
-    if failure:
+        for d, disk in zip(drivers, disks, strict=True)])                                   # kernel mount options
+    answer, failure = _ask(guest, spec)
+    if answer is None:
         return _unanswered(guest, since, name, drivers, failure, time.monotonic() - start)
+    records = answer.verdicts
     verdicts = [Verdict(name, d.name, UNJUDGED) for d in drivers]
-    if answer.get("together") and (answer["hurt"] or guest.splats(since)):
+    if answer.together and (answer.hurt or any(r.error for r in records) or guest.splats(since)):
         guest.machine.state = Runstate.CRASHED
         return verdicts
     attributed = set()
-    for v, d, record in zip(verdicts, drivers, records, strict=False):
-        v.steps = [Step(**step) for step in record["steps"]]
-        v.server, v.stuck_mount, v.seconds = record["server"], record["stuck_mount"], record["seconds"]
-        health = Health(splats=splats.scan(record["kmsg"]), stuck=record["stuck"])
+    for v, d, record in zip(verdicts, drivers, records, strict=False):  # the answer's names match (_ask)
+        v.steps = list(record.steps)
+        v.server, v.stuck_mount, v.seconds = record.server, record.stuck_mount, record.seconds
+        health = Health(splats=splats.scan(record.kmsg), stuck=record.stuck)
         attributed |= {s.title for s in health.splats}
         v.decide(d, health)
     late = [s for s in guest.splats(since) if s.title not in attributed]  # printed after the judge read the log
     if late and records:
         i = len(records) - 1
         v = verdicts[i]
-        v.decide(drivers[i], Health(splats=splats.scan(records[i]["kmsg"]) + late, stuck=records[i]["stuck"]))
+        v.decide(drivers[i], Health(splats=splats.scan(records[i].kmsg) + late, stuck=records[i].stuck))
     if any(v.splats for v in verdicts):
         guest.machine.state = Runstate.CRASHED  # never handed out again
     busy = max((v.seconds for v in verdicts), default=0.0) if together else sum(v.seconds for v in verdicts)
@@ -136,6 +122,23 @@ def judge_drivers(guest: Guest, disks: list[Disk], name: str, extracted: Extract
     for v in verdicts[:len(records)]:
         v.seconds = round(v.seconds + overhead, 2)  # the judge's start and end, shared out
     return verdicts
+
+
+def _ask(guest: Guest, spec: JudgeSpec) -> tuple[JudgeAnswer | None, str]:
+    """The judge's answer to `spec`, checked (protocol.JudgeAnswer), or None and why there is none."""
+    most = sum(DEADLINES.values()) * (1 if spec.together else len(spec.drivers))  # the steps' deadlines bound it
+    try:
+        answer = guest.judge(spec, timeout=most + 60)
+    except GuestError as exc:  # the guest went away, or its answer broke the protocol
+        return None, f"the guest's judge gave no verdict: {exc}"
+    if answer is None:
+        return None, f"the guest's judge failed: no answer within {most + 60} s (killed)"
+    if answer.error:
+        return None, f"the guest's judge failed: {answer.error[-300:]}"
+    erred = next((r for r in answer.verdicts if r.error), None)
+    if erred is not None and not answer.together:  # together, a driver's failure leaves them all unjudged
+        return None, f"the guest's judge failed on {erred.name}: {erred.error[-300:]}"
+    return answer, ""
 
 
 def _unanswered(guest: Guest, since: int, name: str, drivers: list[Driver], failure: str,

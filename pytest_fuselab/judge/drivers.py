@@ -6,8 +6,9 @@ import json
 import shlex
 from dataclasses import dataclass
 
+from pytest_fuselab.errors import CommandFailed, GuestError
+from pytest_fuselab.guest.protocol import DriverSpec, ServerFate
 from pytest_fuselab.vm.channel import Result
-from pytest_fuselab.errors import CommandFailed
 from pytest_fuselab.vm.guest import Guest
 
 USER = "fuselab"  # the unprivileged account every image has
@@ -21,7 +22,7 @@ class Driver:
 
     `user` runs the FUSE server as that account (mounting through setuid fusermount3);
     `sandboxed` mounts as root and hands the connection to fuse2fs running in a transient
-    systemd unit sandboxed like fuse4fs@.service (see guest_fuseserver.py); `service` mounts
+    systemd unit sandboxed like fuse4fs@.service (see guest/fuseserver.py); `service` mounts
     through libfuse's mount service (fuservicemount3 and the stack's socket-activated fuse4fs@).
     The lab's own FUSE servers run under a keeper that records their fate: exit status, signal,
     core dump.  `needs` names the capability (capabilities.py) the guest's stack must have."""
@@ -83,8 +84,8 @@ class Driver:
             return f"{self._umount(mountpoint)} && {FUSESERVER} wait --fate {fate_path(mountpoint)}"
         return self._umount(mountpoint)
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> dict[str, object]:
-        """What the guest's judge (guest_judge.py) needs to run this driver on `device`."""
+    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
+        """What the guest's judge (guest/judge.py) needs to run this driver on `device`."""
         fate = fate_path(mountpoint) if self.kept else None
         if self.sandboxed:
             mount: list[str] = ["sandbox", fate_path(mountpoint), device, mountpoint, options]
@@ -97,9 +98,9 @@ class Driver:
         unmount: str | list[str] = self._umount(mountpoint)  # a shell command, or an argv the judge runs
         if not self.service:
             unmount = ["fusermount3", "-u", mountpoint] if self.user else ["umount", mountpoint]
-        return {"name": self.name, "device": device, "mountpoint": mountpoint, "user": self.user,
-                "mount": mount, "unmount": unmount, "fate": fate,
-                "units": f"{self.server}@*" if self.service else None}  # systemd's instances: their fate
+        return DriverSpec(name=self.name, device=device, mountpoint=mountpoint, user=self.user, mount=mount,
+                          unmount=unmount, fate=fate,
+                          units=f"{self.server}@*" if self.service else None)  # systemd's instances: their fate
 
     def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:
         """What the FUSE server said (to explain a refusal), from wherever this driver's server writes."""
@@ -151,14 +152,15 @@ def fate_path(mountpoint: str) -> str:
 
 def server_fate(guest: Guest, mountpoint: str) -> str:
     """How the FUSE server of `mountpoint` ended ("exit status 0", "killed by SIGSEGV (core
-    dumped)"), or "" while it still runs."""
-    r = guest.run(f"cat {fate_path(mountpoint)}", check=False)
+    dumped)"), or "" while it still runs; GuestError when its keeper's record is not one."""
+    path = fate_path(mountpoint)
+    r = guest.run(f"cat {path}", check=False)
     if not r.ok:
         return ""
-    fate = json.loads(r.stdout)
-    if fate.get("signal"):
-        return f"killed by {fate['signal']}" + (" (core dumped)" if fate.get("core") else "")
-    return f"exit status {fate.get('exit')}"
+    try:
+        return ServerFate.from_json(json.loads(r.stdout)).text()
+    except ValueError as exc:  # not JSON, or not a fate (protocol.ProtocolError)
+        raise GuestError(f"the fate of the FUSE server at {mountpoint} ({path}) is not one: {exc}") from exc
 
 
 def mounted(guest: Guest, mountpoint: str) -> str:

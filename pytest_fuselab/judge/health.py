@@ -1,13 +1,16 @@
-"""After a test: did its guest stay healthy?  Splats, a dead QEMU or a silent guest say no."""
+"""After a test: did its guest stay healthy?  Splats, a dead QEMU, a silent guest or tasks stuck
+in D state say no."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+from pytest_fuselab.errors import GuestError
+from pytest_fuselab.guest.protocol import HealthFacts, ProtocolError
+from pytest_fuselab.guest.tasks import STUCK_GRACE
+from pytest_fuselab.judge.splats import Splat
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm.machine import Runstate, tail
-from pytest_fuselab.judge.splats import Splat
 
 
 @dataclass
@@ -47,7 +50,10 @@ def check(guest: Guest, since: int = 0, suppress: tuple[str, ...] = (), answer_w
     elif not guest.ping(answer_within):
         health.lost = f"guest stopped answering (no reply to a ping within {answer_within:.0f} s)"
     else:
-        health.stuck = stuck_tasks(guest)
+        try:
+            health.stuck = stuck_tasks(guest)
+        except GuestError as exc:
+            health.lost = f"the lab could not check the guest's tasks: {exc}"
     if health.lost and not health.splats and not guest.console_text(since).strip():
         health.lost += "; no console output during the test"
     if health.damaged:
@@ -55,18 +61,14 @@ def check(guest: Guest, since: int = 0, suppress: tuple[str, ...] = (), answer_w
     return health
 
 
-STUCK_GRACE = 5.0
-PS_D = "ps -eo stat=,pid=,comm= | awk '$1 ~ /^D/ {print $3 \"[\" $2 \"]\"}'"
-
-
 def stuck_tasks(guest: Guest) -> list[str]:
-    """Tasks in D state that are still there `STUCK_GRACE` seconds later (a short D is normal)."""
-    first = guest.run(PS_D, timeout=15, check=False).stdout.split()
-    if not first:
-        return []
-    time.sleep(STUCK_GRACE)
-    again = set(guest.run(PS_D, timeout=15, check=False).stdout.split())
-    return [task for task in first if task in again]
+    """Tasks in D state all through the next `STUCK_GRACE` seconds (a short D is normal), as the
+    guest's agent finds them (guest/tasks.py, the judge's own check): no process started for it."""
+    reply = guest.channel.request("tasks", wait=STUCK_GRACE + 15, grace=STUCK_GRACE)
+    try:
+        return HealthFacts.from_json({k: v for k, v in reply.items() if k not in ("id", "ok")}).stuck
+    except ProtocolError as exc:
+        raise GuestError(f"the guest's agent sent health facts the lab cannot take: {exc}") from exc
 
 
 def console_tail(guest: Guest, lines: int = 30) -> str:

@@ -1,41 +1,65 @@
-"""C reproducers read token by token: string literals, and the stores they make replayed into a sparse memory."""
+"""C reproducers read token by token: string literals, and the stores they make replayed into a sparse memory.
+
+One pass, in linear time: tokens come from a generator (block comments found with str.find, literals that never
+end cut at the end of their line), the memory is an interval map, and each syz_mount_image call is handed over
+as it comes, while the memory holds what the stores before it wrote.
+"""
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pytest_fuselab.errors import ImageError
-from .executor import OLD_IMAGE_MAX_SIZE, format_int
+from pytest_fuselab.errors import InputError
+from .executor import format_int
+from .sparse import Extents
 
 
 _C_TOKEN = re.compile(r"""
-    (?P<skip>\s+|//[^\n]*|/\*.*?\*/|\#(?:\\\n|[^\n])*)
-  | (?P<str>"(?:[^"\\\n]|\\.)*")
-  | (?P<chr>'(?:[^'\\\n]|\\.)*')
-  | (?P<num>0[xX][0-9a-fA-F]+[uUlL]*|\d+[uUlL]*)
+    (?P<skip>\s+|//[^\n]*|\#(?:\\\n|[^\n])*)
+  | (?P<str>"(?:[^"\\\n]|\\.)*(?P<strend>"?))
+  | (?P<chr>'(?:[^'\\\n]|\\.)*'?)
+  | (?P<num>0[xX][0-9a-fA-F]+[uUlL]*|[0-9]+[uUlL]*)
   | (?P<id>[A-Za-z_]\w*)
   | (?P<punct>.)
-""", re.S | re.X)
+""", re.S | re.X | re.A)
 _C_SIMPLE = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11, "e": 27, "\\": 92, "'": 39, '"': 34,
              "?": 63}
 _C_STORE_TYPE = re.compile(r"u?int(8|16|32|64)(_t)?$")
 _C_FORMATS = {'"0x%016llx"': "hex", '"%020llu"': "dec", '"%023llo"': "oct"}
+_MASK = (1 << 64) - 1
+CSTRING_MAX = 4096
 
 _Token = tuple[str, str, int]
 
 
-def _c_tokens(text: str) -> list[_Token]:
-    return [(m.lastgroup or "", m.group(0), m.start()) for m in _C_TOKEN.finditer(text) if m.lastgroup != "skip"]
+def _c_tokens(text: str) -> Iterator[_Token]:
+    pos, end = 0, len(text)
+    while pos < end:
+        if text.startswith("/*", pos):
+            close = text.find("*/", pos + 2)
+            pos = end if close < 0 else close + 2
+            continue
+        match = _C_TOKEN.match(text, pos)
+        assert match is not None  # the last alternative takes any character
+        pos = match.end()
+        kind = match.lastgroup or ""
+        if kind == "str" and not match.group("strend"):
+            kind = "bad"
+        if kind != "skip":
+            yield kind, match.group(0), match.start()
 
 
-def _c_number(token: str) -> int:
+def c_number(token: str) -> int | None:
+    """The value of a C integer constant, or None if it is not one that fits in 64 bits."""
     digits = token.rstrip("uUlL")
-    if digits[:2] in ("0x", "0X"):
-        return int(digits, 16)
-    return int(digits, 8) if len(digits) > 1 and digits[0] == "0" else int(digits)
+    base = 16 if digits[:2] in ("0x", "0X") else 8 if len(digits) > 1 and digits[0] == "0" else 10
+    body = digits[2:] if base == 16 else digits
+    if base == 8 and any(d in "89" for d in body) or len(body.lstrip("0")) > 22:
+        return None
+    value = int(body, base)
+    return None if value >> 64 else value
 
 
 def c_unescape(literal: str) -> bytes:
@@ -48,8 +72,10 @@ def c_unescape(literal: str) -> bytes:
     for match in re.finditer(r"\\(?:x([0-9a-fA-F]+)|([0-7]{1,3})|(.))|([^\\]+)", body, re.S):
         hexa, octal, simple, plain = match.groups()
         if plain is not None:
-            out += plain.encode()
+            out += plain.encode("utf-8", "surrogateescape")
         elif hexa is not None or octal is not None:
+            if hexa is not None and len(hexa.lstrip("0")) > 2:
+                raise ValueError(f"the C escape {match.group(0)[:12]} is out of range for a byte")
             value = int(hexa, 16) if hexa is not None else int(octal or "0", 8)
             if value > 0xFF:
                 raise ValueError(f"the C escape {match.group(0)} is out of range for a byte")
@@ -61,63 +87,88 @@ def c_unescape(literal: str) -> bytes:
     return bytes(out)
 
 
-class Memory:
-    """The stores a C reproducer makes, replayed in order; unwritten bytes read as zero."""
+def cstring(memory: Extents, addr: int) -> bytes:
+    """The string at `addr` (at most CSTRING_MAX bytes), without its zero; nothing for address 0."""
+    return memory.read(addr, CSTRING_MAX).split(b"\0", 1)[0] if addr else b""
 
-    def __init__(self) -> None:
-        self.writes: list[tuple[int, bytes]] = []
 
-    def write(self, addr: int, data: bytes) -> None:
-        self.writes.append((addr, data))
+class Lines:
+    """Line numbers of positions in a text; asked in order, they cost one pass over the text in all."""
 
-    def read(self, addr: int, size: int, upto: int) -> tuple[bytes, bool]:
-        """`size` bytes at `addr` as the first `upto` stores left them, and whether any store touched them."""
-        out, end, touched = bytearray(size), addr + size, False
-        for start, data in itertools.islice(self.writes, upto):
-            low, high = max(start, addr), min(start + len(data), end)
-            if low < high:
-                out[low - addr:high - addr] = data[low - start:high - start]
-                touched = True
-        return bytes(out), touched
+    def __init__(self, text: str) -> None:
+        self.text, self.pos, self.line = text, 0, 1
 
-    def cstring(self, addr: int, upto: int, limit: int = 4096) -> bytes:
-        return self.read(addr, limit, upto)[0].split(b"\0", 1)[0] if addr else b""
+    def at(self, pos: int) -> int:
+        if pos >= self.pos:
+            self.line += self.text.count("\n", self.pos, pos)
+        else:
+            self.line -= self.text.count("\n", pos, self.pos)
+        self.pos = pos
+        return self.line
+
+
+OnCall = Callable[["CReader", list[int], int], None]
 
 
 class CReader:
-    """Walks a C reproducer's tokens, replaying its stores and collecting its syz_mount_image calls."""
+    """Walks a C reproducer's tokens, replaying its stores and handing each syz_mount_image call to `on_call`
+    with its constant arguments and position, while the memory holds what the stores before it wrote."""
 
-    def __init__(self, path: Path, text: str) -> None:
-        self.path, self.text = path, text
-        self.toks = _c_tokens(text)
-        self.memory = Memory()
-        self.calls: list[tuple[list[int], int, int]] = []  # (arguments, stores before the call, position)
+    def __init__(self, path: Path, text: str, on_call: OnCall) -> None:
+        self.path, self.text, self.on_call = path, text, on_call
+        self.source = _c_tokens(text)
+        self.window: list[_Token] = []  # tokens base, base + 1, ... read so far and not yet dropped
+        self.base = 0
+        self.memory = Extents()
+        self.lines = Lines(text)
+        self.calls = 0
 
     def where(self, pos: int) -> str:
-        line = self.text.count("\n", 0, pos) + 1
-        return f"{self.path}: line {line}"
+        return f"{self.path}: line {self.lines.at(pos)}"
+
+    def tok(self, i: int) -> _Token | None:
+        while i - self.base >= len(self.window):
+            token = next(self.source, None)
+            if token is None:
+                return None
+            self.window.append(token)
+        return self.window[i - self.base]
 
     def is_(self, i: int, *texts: str) -> bool:
-        return all(i + k < len(self.toks) and self.toks[i + k][1] == t for k, t in enumerate(texts))
+        for k, text in enumerate(texts):
+            token = self.tok(i + k)
+            if token is None or token[1] != text:
+                return False
+        return True
 
     def number(self, i: int) -> tuple[int, int] | None:
         """A possibly negative number at token i, and the index after it."""
         negative = self.is_(i, "-")
         i += negative
-        if i < len(self.toks) and self.toks[i][0] == "num":
-            value = _c_number(self.toks[i][1])
-            return (-value if negative else value) & ((1 << 64) - 1), i + 1
-        return None
+        token = self.tok(i)
+        if token is None or token[0] != "num":
+            return None
+        value = c_number(token[1])
+        if value is None:
+            raise InputError(f"{self.where(token[2])}: {token[1][:40]!r}{'...' if len(token[1]) > 40 else ''} is "
+                             "not a C integer constant of at most 64 bits; the reproducer is damaged, get it again")
+        return (-value if negative else value) & _MASK, i + 1
 
     def run(self) -> None:
         handlers: dict[str, Callable[[int], None]] = {
             "memcpy": self.memcpy, "memset": self.memset, "sprintf": self.sprintf,
             "syz_mount_image": self.syz_mount_image}
-        for i, (kind, text, _pos) in enumerate(self.toks):
+        i = 0
+        while (token := self.tok(i)) is not None:
+            kind, text, _pos = token
             if kind == "id" and text in handlers:
                 handlers[text](i + 1)
-            elif text == "*" and self.is_(i + 1, "(") and i + 2 < len(self.toks):
+            elif text == "*" and self.is_(i + 1, "("):
                 self.store(i + 2)
+            i += 1
+            if i - self.base > 4096:
+                del self.window[:i - self.base]
+                self.base = i
 
     def address(self, i: int, cast: str) -> tuple[int, int] | None:
         """`((cast*)0xADDR,` starting at the '(' of a call; the address and the index after the comma."""
@@ -131,12 +182,13 @@ class CReader:
     def strings(self, i: int) -> tuple[bytes, int]:
         """Adjacent string literals from token i, concatenated, and the index after them."""
         parts = []
-        while i < len(self.toks) and self.toks[i][0] == "str":
+        while (token := self.tok(i)) is not None and token[0] in ("str", "bad"):
             try:
-                parts.append(c_unescape(self.toks[i][1]))
+                if token[0] == "bad":
+                    raise ValueError("a string that never ends")
+                parts.append(c_unescape(token[1]))
             except ValueError as exc:
-                raise ImageError(f"{self.where(self.toks[i][2])}: {exc}; the reproducer is damaged, get it "
-                                 "again") from exc
+                raise InputError(f"{self.where(token[2])}: {exc}; the reproducer is damaged, get it again") from exc
             i += 1
         return b"".join(parts), i
 
@@ -147,27 +199,29 @@ class CReader:
         data, j = self.strings(got[1])
         size = self.number(j + 1) if self.is_(j, ",") else None
         if size is not None and j > got[1]:
-            self.memory.write(got[0], (data + b"\0")[:size[0]])  # bytes past the literal read as zero
+            self.memory.write(got[0], (data + b"\0")[:size[0]])  # bytes past the literal are left as they are
 
     def memset(self, i: int) -> None:
         got = self.address(i, "void")
         value = self.number(got[1]) if got else None
         size = self.number(value[1] + 1) if value and self.is_(value[1], ",") else None
-        if got and value and size and size[0] <= OLD_IMAGE_MAX_SIZE:
-            self.memory.write(got[0], bytes([value[0] & 0xFF]) * size[0])
+        if got and value and size:
+            self.memory.fill(got[0], size[0], value[0])
 
     def sprintf(self, i: int) -> None:
         got = self.address(i, "char")
-        if got is None or got[1] >= len(self.toks) or self.toks[got[1]][1] not in _C_FORMATS:
+        token = self.tok(got[1]) if got else None
+        if got is None or token is None or token[1] not in _C_FORMATS:
             return
-        style = _C_FORMATS[self.toks[got[1]][1]]
+        style = _C_FORMATS[token[1]]
         if self.is_(got[1] + 1, ",", "(", "long", "long", ")"):
             value = self.number(got[1] + 6)
             if value is not None:
                 self.memory.write(got[0], format_int(value[0], style).encode() + b"\0")
 
     def store(self, i: int) -> None:
-        match = _C_STORE_TYPE.match(self.toks[i][1])
+        token = self.tok(i)
+        match = _C_STORE_TYPE.match(token[1]) if token else None
         if not match or not self.is_(i + 1, "*", ")"):
             return
         addr = self.number(i + 3)
@@ -177,7 +231,8 @@ class CReader:
             self.memory.write(addr[0], (value[0] & ((1 << (8 * width)) - 1)).to_bytes(width, "little"))
 
     def syz_mount_image(self, i: int) -> None:
-        if not self.is_(i, "("):
+        start = self.tok(i - 1)
+        if not self.is_(i, "(") or start is None:
             return
         args, j = [], i + 1
         while True:
@@ -190,4 +245,5 @@ class CReader:
                 break
             if not self.is_(got[1], ","):
                 return
-        self.calls.append((args, len(self.memory.writes), self.toks[i][2]))
+        self.calls += 1
+        self.on_call(self, args, start[2])

@@ -4,47 +4,51 @@ from __future__ import annotations
 
 import zlib
 
-from pytest_fuselab.errors import ImageError
-from .extracted import over_limit
+from pytest_fuselab.errors import InputError
+from .extracted import Budget, over_limit
+from .sparse import Builder, Extents, SparseImage
 
 
 MS_RDONLY = 0x1
+CHUNK = 1 << 20
 OLD_IMAGE_MAX_SIZE = 129 << 20  # what syzkaller's executor clamped segment images to
 OLD_MAX_SEGMENTS = 4096
 EXECUTOR_OPTS_MAX = 224  # the executor copies at most sizeof(opts) - 32 bytes of options
 
 
-def inflate(raw: bytes, limit: int, where: str) -> bytes:
-    """Decompress a syzkaller image (a zlib stream), refusing more than `limit` bytes of output."""
-    inflater = zlib.decompressobj()
+def inflate(raw: bytes, budget: Budget, where: str) -> SparseImage:
+    """Decompress a syzkaller image (a zlib stream) block by block, refusing more than the budget has left."""
+    inflater, builder, data = zlib.decompressobj(), Builder(), raw
     try:
-        image = inflater.decompress(raw, limit + 1)
+        while not inflater.eof:
+            chunk = inflater.decompress(data, CHUNK)
+            stuck = not chunk and len(inflater.unconsumed_tail) == len(data)
+            data = inflater.unconsumed_tail
+            if builder.size + len(chunk) > budget.left:
+                over_limit(where, None, budget.limit, budget.used)
+            builder.add(chunk)
+            if stuck:
+                break
     except zlib.error as exc:
-        raise ImageError(f"{where}: the image is not a valid zlib stream ({exc}); the reproducer is damaged, "
+        raise InputError(f"{where}: the image is not a valid zlib stream ({exc}); the reproducer is damaged, "
                          "get it again") from exc
-    if len(image) > limit:
-        over_limit(where, None, limit)
     if not inflater.eof:
-        raise ImageError(f"{where}: the image's zlib stream is truncated: its {len(raw)} compressed bytes end "
-                         f"after {len(image)} bytes of image; the reproducer was cut short, get the complete one")
-    return image
+        raise InputError(f"{where}: the image's zlib stream is truncated: its {len(raw)} compressed bytes end "
+                         f"after {builder.size} bytes of image; the reproducer was cut short, get the complete one")
+    budget.take(builder.size, where)
+    return builder.image()
 
 
-def assemble(size: int, segments: list[tuple[int, bytes]], limit: int, where: str, notes: list[str]) -> bytes:
-    """An image of the old format: `size` zero bytes with each (offset, data) segment written over them."""
+def assemble(size: int, image: Extents, end: int, budget: Budget, where: str, notes: list[str]) -> SparseImage:
+    """An image of the old format: `size` zero bytes with the segments written in `image` (up to `end`) over them."""
     if size > OLD_IMAGE_MAX_SIZE:
         notes.append(f"declared image size {size:#x} cut to {OLD_IMAGE_MAX_SIZE:#x}, as syzkaller's executor did")
         size = OLD_IMAGE_MAX_SIZE
-    end = max((offset + len(data) for offset, data in segments), default=0)
     if end > size:
         notes.append(f"segments reach {end:#x}, past the declared image size {size:#x}; image made {end:#x} bytes")
         size = end
-    if size > limit:
-        over_limit(where, size, limit)
-    image = bytearray(size)
-    for offset, data in segments:
-        image[offset:offset + len(data)] = data
-    return bytes(image)
+    budget.take(size, where)
+    return image.image(size)
 
 
 def clamp_segment(offset: int, size: int, notes: list[str]) -> tuple[int, int]:

@@ -1,112 +1,177 @@
-"""Input files: reading, decompressing with a size cap, telling text from raw images."""
+"""Input files: only regular ones, held to the size limit, decompressed with a cap, told text from image."""
 
 from __future__ import annotations
 
 import bz2
+import codecs
+import contextlib
 import gzip
 import lzma
 import os
+import stat
 import subprocess
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
-from pytest_fuselab.errors import HostError, ImageError
-from .extracted import Found, over_limit
+from pytest_fuselab.errors import HostError, InputError
+from .extracted import Budget, Found, limit_hint, over_limit
 from .fstype import detect_fstype
+from .sparse import Builder, SparseImage
 
 
 CHUNK = 1 << 20
 SNIFF = 1 << 16
+TEXT_LIMIT = 64 << 20  # programs and reproducers larger than this are not read
 _COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"))
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket"}
+
+Read = Callable[[int], bytes]
 
 
-def load(path: Path, limit: int) -> tuple[bytes, str]:
-    """The content of `path`, decompressed if it is compressed, and the compression's name (or "")."""
+@dataclass
+class Loaded:
+    """An input's content: its text, or else its image; and the compression it came in ("" if none)."""
+
+    text: str | None
+    image: SparseImage | None
+    compression: str
+    notes: list[str] = field(default_factory=list)
+
+
+def open_regular(path: Path, limit: int) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of at most `limit` bytes; opening never blocks."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF)
-            compression = next((name for magic, name in _COMPRESSIONS if head.startswith(magic)), "")
-            if compression:
-                return _decompress(path, f, compression, limit), compression
-            size = os.fstat(f.fileno()).st_size
-            if not head:
-                raise ImageError(f"{path}: the file is empty; pass an image, a program or a reproducer")
-            if b"\0" in head and size > limit:
-                over_limit(str(path), size, limit)
-            return head + f.read(), ""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read the file: {exc.strerror or exc}; check the path and its "
+        raise InputError(f"{path}: cannot open the file: {exc.strerror or exc}; check the path and its "
                          "permissions") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise InputError(f"{path}: is {kind}, not a regular file; only files are read as inputs (save what a "
+                             "device or a pipe gives into a file and pass that)")
+        if st.st_size > limit:
+            raise InputError(f"{path}: the file is {st.st_size} bytes, over the size limit of {limit} bytes; "
+                             + limit_hint(limit))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _decompress(path: Path, f: IO[bytes], compression: str, limit: int) -> bytes:
-    f.seek(0)
-    what = f"{path} ({compression})"
+def load(path: Path, budget: Budget) -> Loaded:
+    """The content of `path`, decompressed if it is compressed: its text if it is text, else its image."""
+    with open_regular(path, budget.limit) as f:
+        try:
+            head = f.read(SNIFF)
+            if not head:
+                raise InputError(f"{path}: the file is empty; pass an image, a program or a reproducer")
+            compression = next((name for magic, name in _COMPRESSIONS if head.startswith(magic)), "")
+            f.seek(0)
+            with _stream(path, f, compression) as read:
+                return _content(path, read, compression, budget)
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            if not compression:
+                raise InputError(f"{path}: cannot read the file: {exc}; check the file") from exc
+            problem = "it ends too early" if isinstance(exc, EOFError) else str(exc)
+            raise InputError(f"{path}: cannot decompress this {compression} file: {problem}; the file is damaged "
+                             "or truncated, get it again") from exc
+
+
+@contextlib.contextmanager
+def _stream(path: Path, f: BinaryIO, compression: str) -> Iterator[Read]:
     if compression == "zstd":
-        return _unzstd(path, limit)
-    try:
-        if compression == "gzip":
-            with gzip.GzipFile(fileobj=f) as gz:
-                return _read_capped(gz.read, limit, what)
-        if compression == "xz":
-            with lzma.LZMAFile(f) as xz:
-                return _read_capped(xz.read, limit, what)
-        with bz2.BZ2File(f) as bz:
-            return _read_capped(bz.read, limit, what)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-        problem = "it ends too early" if isinstance(exc, EOFError) else str(exc)
-        raise ImageError(f"{path}: cannot decompress this {compression} file: {problem}; the file is damaged "
-                         "or truncated, get it again") from exc
+        with _unzstd(path, f) as read:
+            yield read
+        return
+    opened: IO[bytes] = (gzip.GzipFile(fileobj=f) if compression == "gzip" else lzma.LZMAFile(f)
+                         if compression == "xz" else bz2.BZ2File(f) if compression == "bzip2" else f)
+    with opened:
+        yield opened.read
 
 
-def _unzstd(path: Path, limit: int) -> bytes:
+@contextlib.contextmanager
+def _unzstd(path: Path, f: BinaryIO) -> Iterator[Read]:
     try:
-        proc = subprocess.Popen(["zstd", "-dc", "--", str(path)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(["zstd", "-dc"], stdin=f.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as exc:
         raise HostError(f"{path}: is zstd-compressed and the zstd command is not installed: install the "
                         "zstd package (apt-get install zstd)") from exc
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        data = _read_capped(proc.stdout.read, limit, f"{path} (zstd)")
-        error = proc.stderr.read().decode(errors="replace").strip()
+        yield proc.stdout.read
+        proc.stdout.read(1)  # at the end unless the reader stopped early
+        error = proc.stderr.read(4096).decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise InputError(f"{path}: cannot decompress this zstd file: {error or f'zstd exited {proc.returncode}'}; "
+                             "the file is damaged or truncated, get it again")
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
-    if proc.returncode != 0:
-        raise ImageError(f"{path}: cannot decompress this zstd file: {error or f'zstd exited {proc.returncode}'}; "
-                         "the file is damaged or truncated, get it again")
-    return data
 
 
-def _read_capped(read: Callable[[int], bytes], limit: int, what: str) -> bytes:
+def _content(path: Path, read: Read, compression: str, budget: Budget) -> Loaded:
+    what = f"{path} ({compression})" if compression else str(path)
+    first = read(SNIFF)
+    if not first:
+        raise InputError(f"{what}: holds nothing; pass an image, a program or a reproducer")
+    if b"\0" in first:
+        return Loaded(None, _image(first, read, budget, what), compression)
+    cap = min(TEXT_LIMIT, budget.limit)
+    data = first + _read_capped(read, cap + 1 - len(first))
+    if len(data) <= cap:
+        try:
+            return Loaded(data.decode("utf-8"), None, compression)
+        except UnicodeDecodeError as exc:
+            if b"syz_mount_image" in data or path.suffix in (".syz", ".c") or Path(path.stem).suffix == ".syz":
+                line = data.count(b"\n", 0, exc.start) + 1
+                note = (f"line {line}: the file is not UTF-8 (byte {data[exc.start]:#04x}); its bytes were read as "
+                        "they are")
+                return Loaded(data.decode("utf-8", "surrogateescape"), None, compression, [note])
+    elif _utf8_start(first):
+        raise InputError(f"{what}: a text file of more than {cap} bytes: no program or reproducer is that large; "
+                         "pass the program itself")
+    return Loaded(None, _image(data, read, budget, what), compression)
+
+
+def _utf8_start(data: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _read_capped(read: Read, size: int) -> bytes:
     parts: list[bytes] = []
-    total = 0
-    while chunk := read(CHUNK):
-        total += len(chunk)
-        if total > limit:
-            over_limit(what, None, limit)
+    while size > 0 and (chunk := read(min(size, CHUNK))):
         parts.append(chunk)
+        size -= len(chunk)
     return b"".join(parts)
 
 
-def from_raw(path: Path, data: bytes, limit: int) -> Found:
-    if len(data) > limit:
-        over_limit(str(path), len(data), limit)
-    fstype = detect_fstype(data)
+def _image(first: bytes, read: Read, budget: Budget, what: str) -> SparseImage:
+    builder = Builder()
+    builder.add(first)
+    while chunk := read(CHUNK):
+        if builder.size + len(chunk) > budget.left:
+            over_limit(what, None, budget.limit, budget.used)
+        builder.add(chunk)
+    if builder.size > budget.left:
+        over_limit(what, builder.size, budget.limit, budget.used)
+    return builder.image()
+
+
+def from_raw(path: Path, image: SparseImage, budget: Budget) -> Found:
+    budget.take(len(image), str(path))
+    fstype = detect_fstype(image.read(0, 0x10100))
     notes = [] if fstype else ["no known filesystem signature in the image"]
-    return Found(fstype, data, notes=notes, from_program=False)
-
-
-def as_text(data: bytes) -> str | None:
-    if b"\0" in data[:SNIFF]:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return Found(fstype, image, notes=notes, from_program=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pytest_fuselab.errors import ImageError
+from pytest_fuselab.errors import InputError
 from .executor import OLD_IMAGE_MAX_SIZE
 
 
@@ -22,10 +22,20 @@ class Int:
 
 @dataclass(frozen=True)
 class Data:
-    """A string ('text', "hex") or, with `compressed`, a "$base64" zlib image."""
+    """A string ('text', "hex") and the `extra` zero bytes its /size adds; with `compressed`, a zlib image."""
 
     data: bytes
     compressed: bool = False
+    extra: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + self.extra
+
+    def cstring(self) -> bytes:
+        """The bytes up to the first zero byte, that zero included if there is one (as in options)."""
+        head = self.data.split(b"\0", 1)[0]
+        return head + b"\0" if len(head) < self.size else head
 
 
 @dataclass(frozen=True)
@@ -61,13 +71,14 @@ class Other:
 
 Value = Int | Data | Ptr | Group | Union | Other
 
-_SYZ_INT = re.compile(r"0x[0-9a-fA-F]+|\d+")
-_SYZ_IDENT = re.compile(r"[A-Za-z_][\w]*(?:[/+](?:0x[0-9a-fA-F]+|\d+))*")
-_SYZ_SIZE = re.compile(r"/(0x[0-9a-fA-F]+|\d+)")
+_SYZ_INT = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
+_SYZ_IDENT = re.compile(r"[A-Za-z_][\w]*(?:[/+](?:0[xX][0-9a-fA-F]+|[0-9]+))*", re.A)
+_SYZ_SIZE = re.compile(r"/(0[xX][0-9a-fA-F]+|[0-9]+)")
 _SYZ_NAME = re.compile(r"[\w$]+")
 _SYZ_RESULT = re.compile(r"<r\d+=>")
 _SYZ_AUTO = re.compile(r"AUTO\b")
 _SYZ_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
+MAX_DEPTH = 100  # nesting of brackets, pointers and unions; syzkaller's own programs stay far below
 _SYZ_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "'": 39, '"': 34, "\\": 92}
 
 
@@ -76,10 +87,11 @@ class SyzParser:
 
     def __init__(self, text: str, pos: int, path: Path, call: str) -> None:
         self.text, self.pos, self.path, self.call = text, pos, path, call
+        self.depth = 0
 
     def fail(self, problem: str) -> NoReturn:
         line = self.text.count("\n", 0, self.pos) + 1
-        raise ImageError(f"{self.path}: line {line}: cannot read {self.call}: {problem}; the program is damaged "
+        raise InputError(f"{self.path}: line {line}: cannot read {self.call}: {problem}; the program is damaged "
                          "or cut short, get it again")
 
     def skip(self) -> str:
@@ -110,6 +122,15 @@ class SyzParser:
                 self.fail(f"expected ',' or '{close}', found {char or 'the end of the file'!r}")
 
     def value(self) -> Value:
+        if self.depth >= MAX_DEPTH:
+            self.fail(f"values nested deeper than {MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return self.value_here()
+        finally:
+            self.depth -= 1
+
+    def value_here(self) -> Value:
         char = self.skip()
         if char == "&":
             return self.pointer()
@@ -130,11 +151,21 @@ class SyzParser:
             return self.value()
         number = self.take(_SYZ_INT)
         if number is not None:
-            return Int(int(number, 0))
+            return Int(self.number(number))
         ident = self.take(_SYZ_IDENT)
         if ident is not None:
             return Other(ident)
         self.fail(f"unexpected {char or 'end of the file'!r}")
+
+    def number(self, text: str) -> int:
+        """A number as syzkaller reads it (Go's base prefixes: 0x hex, 0 octal), at most 64 bits."""
+        base = 16 if text[:2] in ("0x", "0X") else 8 if len(text) > 1 and text[0] == "0" else 10
+        digits = text[2:] if base == 16 else text
+        if base == 8 and any(d in "89" for d in digits):
+            self.fail(f"{text!r} is not a number (a leading 0 makes it octal, and 8 and 9 are no octal digits)")
+        if len(digits.lstrip("0")) > 22 or int(digits, base) >> 64:
+            self.fail(f"the number {text[:30]!r}{'...' if len(text) > 30 else ''} does not fit in 64 bits")
+        return int(digits, base)
 
     def pointer(self) -> Ptr:
         self.pos += 1
@@ -163,11 +194,10 @@ class SyzParser:
             return Data(self.base64(body[1:], start), compressed=True)
         data = self.unhex(body) if quote == '"' else self.unescape(body)
         size = self.take(_SYZ_SIZE)
-        if size is not None and int(size[1:], 0) > OLD_IMAGE_MAX_SIZE:
-            self.fail(f"a data size of {size[1:]} bytes, more than syzkaller ever used")
-        if size is not None:
-            data = data.ljust(int(size[1:], 0), b"\0")
-        return Data(data)
+        length = self.number(size[1:]) if size is not None else len(data)
+        if length > OLD_IMAGE_MAX_SIZE:
+            self.fail(f"a data size of {size[1:] if size else length} bytes, more than syzkaller ever used")
+        return Data(data, extra=max(length - len(data), 0))
 
     def quoted_end(self) -> int:
         match = _SYZ_QUOTED.match(self.text, self.pos)
@@ -191,7 +221,7 @@ class SyzParser:
         for match in re.finditer(r"\\(x[0-9a-fA-F]{2}|.)|[^\\]+", body, re.S):
             escape = match.group(1)
             if escape is None:
-                out += match.group(0).encode()
+                out += match.group(0).encode("utf-8", "surrogateescape")
             elif escape[0] == "x":
                 out.append(int(escape[1:], 16))
             elif escape in _SYZ_ESCAPES:
@@ -205,17 +235,26 @@ def int_value(value: Value) -> int:
     return value.value if isinstance(value, Int) else 0
 
 
-def show(value: Value | None) -> str:
-    """A value back in syzkaller's notation (enough to recognise it in a note)."""
+def show(value: Value | None, room: int = 200) -> str:
+    """A value back in syzkaller's notation, cut to about `room` characters (enough to recognise it in a note)."""
     if isinstance(value, Int):
         return hex(value.value)
     if isinstance(value, Data):
-        return repr(value.data.decode("latin-1"))
+        text = repr(value.data[:room].decode("latin-1"))
+        return text + (f"/{value.size:#x}" if value.extra or len(value.data) > room else "")
     if isinstance(value, Ptr):
-        return "&" + ("ANY=" if value.any else "") + show(value.target) if value.target is not None else "&AUTO"
+        return "&" + ("ANY=" if value.any else "") + show(value.target, room) if value.target is not None else "&AUTO"
     if isinstance(value, Group):
-        inner = ", ".join(show(item) for item in value.items)
+        parts: list[str] = []
+        used = 0
+        for item in value.items:
+            if used > room:
+                parts.append("...")
+                break
+            parts.append(show(item, room - used))
+            used += len(parts[-1]) + 2
+        inner = ", ".join(parts)
         return f"[{inner}]" if value.array else f"{{{inner}}}"
     if isinstance(value, Union):
-        return f"@{value.name}" + (f"={show(value.value)}" if value.value is not None else "")
-    return value.text if value is not None else ""
+        return f"@{value.name}" + (f"={show(value.value, room)}" if value.value is not None else "")
+    return value.text[:room] if value is not None else ""

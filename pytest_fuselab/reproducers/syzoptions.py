@@ -48,29 +48,29 @@ def syz_options(value: Value | None, call_fs: str, notes: list[str]) -> bytes:
             return _any_blob(value.target, notes)
         return syz_options(value.target, call_fs, notes)
     if isinstance(value, Data):
-        return value.data
+        return value.cstring()
     if isinstance(value, Group) and not value.array:
-        out = b""
+        out = bytearray()
         for part in value.items[:2]:
             elems = part.items if isinstance(part, Group) else ()
             for elem in elems:
                 text = _option_elem(elem, call_fs, notes)
                 if text is not None:
                     out += text
-        return out
+        return bytes(out)
     if value is not None and not isinstance(value, (Int, Other)):
         notes.append(f"mount options in an unknown notation left out: {show(value)}")
     return b""
 
 
 def _any_blob(group: Group, notes: list[str]) -> bytes:
-    out = b""
+    out = bytearray()
     for item in group.items:
         if isinstance(item, Union) and item.name == "ANYBLOB" and isinstance(item.value, Data):
-            out += item.value.data
+            out += item.value.cstring()
         else:
             notes.append(f"mount option bytes that depend on run-time values left out: {show(item)}")
-    return out
+    return bytes(out)
 
 
 def _option_elem(elem: Value, call_fs: str, notes: list[str]) -> bytes | None:
@@ -93,7 +93,7 @@ def _option_text(union: Union, call_fs: str, notes: list[str]) -> bytes | None:
     if isinstance(value, Union):
         return _option_text(value, call_fs, notes)
     if isinstance(value, Data):
-        return value.data
+        return value.cstring()
     if isinstance(value, Group) and not value.array:
         return _option_struct(value, ext)
     if value is not None:
@@ -113,7 +113,7 @@ def _option_struct(value: Group, ext: bool) -> bytes | None:
     if not items or not isinstance(items[0], Data):
         return None
     name = items[0].data
-    out = name
+    out = items[0].cstring()
     rest = items[1:]
     if rest and isinstance(rest[0], Int) and rest[0].value == ord("=") and (len(rest) > 1 or ext):
         out += b"="
@@ -121,7 +121,7 @@ def _option_struct(value: Group, ext: bool) -> bytes | None:
     style = _COMMON_FORMATS.get(name.decode("latin-1"), "hex" if ext else "")
     for part in rest or [Int(0)]:
         if isinstance(part, Data):
-            out += part.data
+            out += part.cstring()
         elif isinstance(part, Group) and all(isinstance(x, Int) for x in part.items):
             out += bytes(int_value(x) & 0xFF for x in part.items)
         elif isinstance(part, Int) and style:

@@ -5,33 +5,35 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pytest_fuselab.errors import ImageError
+from pytest_fuselab.errors import InputError
 from .executor import assemble, clamp_segment, inflate
-from .extracted import Found, over_limit
+from .extracted import Budget, Found, over_limit
+from .sparse import Extents
 from .syzlang import Data, Group, Int, Ptr, SyzParser, Value, int_value
 from .syzoptions import syz_options
 
 
-SYZ_CALL = re.compile(r"^[ \t]*(?:r\d+[ \t]*=[ \t]*)?syz_mount_image\$(?P<fs>\w+)\(", re.M)
+SYZ_CALL = re.compile(r"^[ \t]*(?:r\d+[ \t]*=[ \t]*)?syz_mount_image\$(?P<fs>\w+)\(", re.M | re.A)
 
 
-def from_syz(path: Path, text: str, limit: int) -> list[Found]:
+def from_syz(path: Path, text: str, budget: Budget) -> list[Found]:
     found: list[Found] = []
-    calls = 0
+    calls, line, counted = 0, 1, 0
     for match in SYZ_CALL.finditer(text):
         calls += 1
-        line = text.count("\n", 0, match.start()) + 1
+        line += text.count("\n", counted, match.start())  # lines counted once, from the last call on
+        counted = match.start()
         call = f"syz_mount_image${match.group('fs')}"
         where = f"{path}: line {line} ({call})"
         parser = SyzParser(text, match.end(), path, call)
         args = parser.items(")")
-        item = _syz_call(args, match.group("fs"), where, limit)
+        item = _syz_call(args, match.group("fs"), where, budget)
         if item is not None:
             found.append(item)
     if not found:
         what = (f"its {calls} syz_mount_image call(s) carry no image data" if calls
                 else "it has no syz_mount_image call")
-        raise ImageError(f"{path}: no filesystem image in this program: {what}; pass a syzkaller program or "
+        raise InputError(f"{path}: no filesystem image in this program: {what}; pass a syzkaller program or "
                          "C reproducer that mounts an image")
     return found
 
@@ -52,10 +54,10 @@ def _syz_layout(args: list[Value]) -> str:
     return "segments" if isinstance(segments, Ptr) and isinstance(segments.target, Group) else "current"
 
 
-def _syz_call(args: list[Value], call_fs: str, where: str, limit: int) -> Found | None:
+def _syz_call(args: list[Value], call_fs: str, where: str, budget: Budget) -> Found | None:
     layout = _syz_layout(args)
     if layout == "unknown":
-        raise ImageError(f"{where}: syz_mount_image has {len(args)} arguments, a layout this reader does not "
+        raise InputError(f"{where}: syz_mount_image has {len(args)} arguments, a layout this reader does not "
                          "know; pass the program to the project with the syzkaller version that wrote it")
     notes: list[str] = []
     fstype = _syz_string(args[0])
@@ -63,18 +65,20 @@ def _syz_call(args: list[Value], call_fs: str, where: str, limit: int) -> Found 
         fstype = call_fs
         notes.append(f"no filesystem name in the call; {call_fs} taken from syz_mount_image${call_fs}")
     if layout == "segments":
-        size, segments = int_value(args[2]), _syz_segments(args[4], where, limit, notes)
-        if not segments:
+        segments = _syz_segments(args[4], where, budget, notes)
+        if segments is None:
             return None
-        image = assemble(size, segments, limit, where, notes)
+        image = assemble(int_value(args[2]), segments[0], segments[1], budget, where, notes)
         flags, options = int_value(args[5]), args[6]
     else:
         image_arg = args[7] if layout == "transitional" else args[6]
         raw = image_arg.target.data if isinstance(image_arg, Ptr) and isinstance(image_arg.target, Data) else b""
         if not raw:
             return None
-        image = inflate(raw, limit, where)
+        image = inflate(raw, budget, where)
         flags, options = (int_value(args[4]), args[5]) if layout == "transitional" else (int_value(args[2]), args[3])
+    if not len(image):
+        return None  # an empty image (zlib of nothing, no segments) is no image
     raw_options = syz_options(options, call_fs, notes)
     return Found(fstype, image, raw_options, flags, notes)
 
@@ -85,22 +89,24 @@ def _syz_string(value: Value) -> str:
     return ""
 
 
-def _syz_segments(value: Value, where: str, limit: int, notes: list[str]) -> list[tuple[int, bytes]]:
-    """(offset, data) of each {data, len, offset} segment of the old format."""
-    if not isinstance(value, Ptr) or not isinstance(value.target, Group):
-        return []
-    segments, total = [], 0
+def _syz_segments(value: Value, where: str, budget: Budget, notes: list[str]) -> tuple[Extents, int] | None:
+    """The {data, len, offset} segments of the old format written in an image, and the end of the last."""
+    if not isinstance(value, Ptr) or not isinstance(value.target, Group) or not value.target.items:
+        return None
+    image, total, end = Extents(), 0, 0
     for item in value.target.items:
         if not isinstance(item, Group):
-            raise ImageError(f"{where}: an image segment is not a {{data, len, offset}} struct; the program is "
+            raise InputError(f"{where}: an image segment is not a {{data, len, offset}} struct; the program is "
                              "damaged, get it again")
         fields = list(item.items) + [Int(0)] * (3 - len(item.items))
         pointer = fields[0]
-        data = pointer.target.data if isinstance(pointer, Ptr) and isinstance(pointer.target, Data) else b""
-        declared = int_value(fields[1]) if len(item.items) > 1 else len(data)
+        data = pointer.target if isinstance(pointer, Ptr) and isinstance(pointer.target, Data) else Data(b"")
+        declared = int_value(fields[1]) if len(item.items) > 1 else data.size
         offset, length = clamp_segment(int_value(fields[2]), declared, notes)
         total += length
-        if total > limit:
-            over_limit(where, None, limit)
-        segments.append((offset, data[:length].ljust(length, b"\0")))
-    return segments
+        if total > budget.left:
+            over_limit(where, None, budget.limit, budget.used)
+        image.fill(offset, length, 0)
+        image.write(offset, data.data[:length])
+        end = max(end, offset + length)
+    return image, end

@@ -19,6 +19,13 @@ from pytest_fuselab.errors import GuestError, GuestLost, GuestTimeout
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
 
+# The longest line the host accepts from the guest's agent.  The largest legitimate answers are
+# a command's output ("run": stdout and stderr in base64, a third larger; dmesg at most 32 MiB),
+# a file fetched with "get", and the judge's answer (a few KiB): 64 MiB holds them all.
+MAX_LINE = 64 << 20
+RECV_SIZE = 1 << 20
+UNREADABLE_LOGGED = 10  # a guest sending garbage does not flood the host's log
+
 
 @dataclass
 class Result:
@@ -53,8 +60,10 @@ class _Pending:
 class Channel:
     """One persistent connection to one guest's agent; requests may overlap."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_line: int = MAX_LINE) -> None:
         self.path = path
+        self.max_line = max_line
+        self._unreadable = 0
         self._sock: socket.socket | None = None
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -74,33 +83,66 @@ class Channel:
                 if time.monotonic() > deadline:
                     raise GuestLost(f"cannot connect to the agent socket {self.path}") from None
                 time.sleep(0.01)
+        self.attach(sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        """Serve replies from the connected `sock` (a fake one in unit tests)."""
         self._sock = sock
         threading.Thread(target=self._reader, name=f"fuselab-channel-{self.path.parent.name}",
                          daemon=True).start()
 
     def _reader(self) -> None:
+        try:
+            why = self._read_lines()
+        except Exception as exc:  # a reader that died silently would leave every request to time out
+            log.exception("the agent channel's reader failed")
+            why = f"the host's reader of the agent channel failed: {type(exc).__name__}: {exc}"
+        self._fail_all(why)
+
+    def _read_lines(self) -> str:
+        """Dispatch each line the guest sends; return why the channel ended."""
         assert self._sock is not None
-        parts: list[bytes] = []  # only new data is searched for the end of a line
+        parts: list[bytes] = []  # pieces of the line being received; only new data is searched
+        size = 0
         while True:
             try:
-                chunk = self._sock.recv(1 << 20)
+                chunk = self._sock.recv(RECV_SIZE)
             except OSError:
                 chunk = b""
             if not chunk:
-                self._fail_all("the guest's agent channel closed (QEMU exited?)")
-                return
-            while b"\n" in chunk:
-                head, chunk = chunk.split(b"\n", 1)
-                self._dispatch(b"".join(parts) + head)
-                parts = []
-            if chunk:
-                parts.append(chunk)
+                return "the guest's agent channel closed (QEMU exited?)"
+            *lines, rest = chunk.split(b"\n")  # one pass: a chunk of newlines stays linear
+            for line in lines:
+                if parts:
+                    parts.append(line)
+                    line, parts, size = b"".join(parts), [], 0
+                if len(line) > self.max_line:
+                    return self._overflow()
+                self._dispatch(line)
+            if rest:
+                parts.append(rest)
+                size += len(rest)
+                if size > self.max_line:
+                    return self._overflow()
+
+    def _overflow(self) -> str:
+        limit = f"{self.max_line >> 20} MiB" if self.max_line >= 1 << 20 else f"{self.max_line} bytes"
+        why = (f"the guest's agent sent a line longer than {limit} (more than any legitimate answer "
+               "needs): the guest is treated as lost and its line dropped")
+        log.warning("%s", why)
+        return why
 
     def _dispatch(self, line: bytes) -> None:
+        if not line.strip():
+            return
         try:
             reply = json.loads(line)
-        except ValueError:
-            log.warning("unreadable line from the guest agent: %r", line[:200])
+        except (ValueError, RecursionError):
+            reply = None
+        if not isinstance(reply, dict):
+            self._unreadable += 1
+            if self._unreadable <= UNREADABLE_LOGGED:
+                log.warning("unreadable line from the guest agent: %r", line[:200])
             return
         with self._lock:
             pending = self._pending.pop(str(reply.get("id")), None)

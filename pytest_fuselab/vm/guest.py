@@ -24,7 +24,8 @@ from qemu.qmp import ExecuteError
 from pytest_fuselab import proc
 from pytest_fuselab.judge import splats
 from pytest_fuselab.vm.channel import Channel, Result, decode
-from pytest_fuselab.errors import BootError, CommandFailed, GuestLost, GuestTimeout, MachineError
+from pytest_fuselab.errors import BootError, CommandFailed, GuestError, GuestLost, GuestTimeout, MachineError
+from pytest_fuselab.guest.protocol import JudgeAnswer, JudgeSpec, ProtocolError
 from pytest_fuselab.vm.machine import Machine, Runstate, tail
 from pytest_fuselab.vm.qemu import DISK_BRIDGE, MachineSpec, RunPaths
 
@@ -217,10 +218,17 @@ class Guest:
             raise CommandFailed(result)
         return result
 
-    def judge(self, spec: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """The guest's judge's answer to `spec` (guest_judge.py), or None past `timeout`."""
-        reply = self.channel.request("judge", wait=timeout + 30, spec=spec, timeout=timeout)
-        return None if reply["timed_out"] else dict(reply["answer"])
+    def judge(self, spec: JudgeSpec | dict[str, Any], timeout: float) -> JudgeAnswer | None:
+        """The guest's judge's answer to `spec` (guest/judge.py), checked field by field, or None
+        past `timeout`; GuestError, naming the field, when the answer breaks the protocol."""
+        asked = spec if isinstance(spec, JudgeSpec) else JudgeSpec.from_json(spec)
+        reply = self.channel.request("judge", wait=timeout + 30, spec=asked.to_json(), timeout=timeout)
+        if reply.get("timed_out") is True:
+            return None
+        try:
+            return JudgeAnswer.from_json(reply.get("answer"), asked, where="answer")
+        except ProtocolError as exc:
+            raise GuestError(f"the guest's judge sent an answer the lab cannot take: {exc}") from exc
 
     def put(self, path: str, data: bytes | str | Path, mode: int = 0o644) -> None:
         """Write a file in the guest from bytes, text, or a host file."""

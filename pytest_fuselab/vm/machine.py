@@ -6,6 +6,7 @@ import ctypes
 import enum
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -71,7 +72,7 @@ class Machine:
         for sock in (self.paths.qmp, self.paths.agent):
             sock.unlink(missing_ok=True)
         self.argv = build_argv(self.spec, self.paths, incoming)
-        log.debug("launching %s", " ".join(self.argv))
+        log.debug("launching %s", shlex.join(self.argv))
         with open(self.paths.log, "ab") as out:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True,

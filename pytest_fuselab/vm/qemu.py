@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,28 @@ def kernel_cmdline(extra: tuple[str, ...] | list[str] = ()) -> str:
     return line
 
 
+def opt_path(path: Path | str) -> str:
+    """`path` as a value inside a QEMU option string (`file=`, `path=`): its commas doubled."""
+    # -kernel, -initrd and -append take their argument whole and need no escaping; -drive file=
+    # gets absolute paths so that a colon in a relative one is not read as a protocol prefix.
+    return str(path).replace(",", ",,")
+
+
+def shell_path(path: Path | str) -> str:
+    """`path` quoted for a shell string (QEMU runs `exec:` migration URIs with /bin/sh -c)."""
+    return shlex.quote(str(path))
+
+
+def save_state_uri(path: Path) -> str:
+    """The QMP `migrate` URI that writes a guest's state to the file `path`."""
+    return f"exec:cat > {shell_path(path)}"
+
+
+def load_state_uri(path: Path) -> str:
+    """The QMP `migrate-incoming` URI that reads a guest's state from the file `path`."""
+    return f"exec:cat {shell_path(path)}"
+
+
 # Under TCG, `rep movsb`/`rep stosb` run one byte per step: a guest CPU without ERMS makes the
 # kernel (page clearing, copies to and from user space) and glibc copy by words and vectors
 # instead (a fuse2fs mount, which zeroes its 32 MiB cache, took a quarter less CPU).
@@ -101,29 +124,29 @@ def boot_args(spec: MachineSpec) -> list[str]:
 
 
 def root_disk_args(overlay: Path) -> list[str]:
-    return ["-drive", f"file={overlay},format=qcow2,if=none,id=root,node-name=root-fmt,discard=unmap",
+    return ["-drive", f"file={opt_path(overlay.absolute())},format=qcow2,if=none,id=root,node-name=root-fmt,discard=unmap",
             "-device", "virtio-blk-pci,drive=root,id=root-dev,serial=fuselab-root"]
 
 
 def modules_disk_args(image: Path | None) -> list[str]:
     if image is None:
         return []
-    return ["-drive", f"file={image},format=raw,if=none,id=modules,readonly=on",
+    return ["-drive", f"file={opt_path(image.absolute())},format=raw,if=none,id=modules,readonly=on",
             "-device", "virtio-blk-pci,drive=modules,id=modules-dev,serial=fuselab-modules"]
 
 
 def console_args(path: Path) -> list[str]:
-    return ["-chardev", f"file,id=console,path={path}", "-serial", "chardev:console"]
+    return ["-chardev", f"file,id=console,path={opt_path(path)}", "-serial", "chardev:console"]
 
 
 def agent_args(sock: Path) -> list[str]:
     return ["-device", "virtio-serial-pci,id=vser",
-            "-chardev", f"socket,id=agent,path={sock},server=on,wait=off",
+            "-chardev", f"socket,id=agent,path={opt_path(sock)},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}"]
 
 
 def qmp_args(sock: Path) -> list[str]:
-    return ["-qmp", f"unix:{sock},server=on,wait=off"]
+    return ["-qmp", f"unix:{opt_path(sock)},server=on,wait=off"]
 
 
 def net_args(ssh_port: int | None) -> list[str]:

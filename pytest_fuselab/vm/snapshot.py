@@ -2,21 +2,26 @@
 
 A snapshot is the root overlay of a booted guest (frozen, read-only) plus QEMU's saved
 machine state.  It is keyed by the image, the kernel, QEMU's version and the machine spec,
-and built once under a file lock however many workers ask for it at the same time.
+and built once under a file lock however many workers ask for it at the same time.  Its files
+are checked against digests recorded when it was saved; one that fails them, or that an older lab
+saved without digests and that fails to restore, is set aside and made again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
 
-from pytest_fuselab.cache import cache_dir, file_lock, require_space
-from pytest_fuselab.errors import BootError, GuestError
+from qemu.qmp.error import QMPError
+
+from pytest_fuselab.cache import build_once, cache_dir, digest_of, digest_problem, require_space
+from pytest_fuselab.errors import BootError, FuselabError, GuestError
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm import qemu
 from pytest_fuselab.vm.qemu import MachineSpec, guest_cmdline, qemu_version
@@ -28,6 +33,8 @@ FORMAT = 3  # bump when settle() changes what a snapshot holds
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A saved booted guest in the cache: frozen root overlay, machine state, meta.json."""
+
     directory: Path
 
     @property
@@ -46,6 +53,7 @@ class Snapshot:
         return json.loads(self.meta_path.read_text())  # type: ignore[no-any-return]
 
     def problem(self) -> str | None:
+        """Why this snapshot cannot be used (missing, wrong size, digest mismatch), or None."""
         try:
             meta = self.meta()
         except (OSError, ValueError) as exc:
@@ -53,7 +61,14 @@ class Snapshot:
         for path, key in ((self.root, "root_size"), (self.state, "state_size")):
             if not path.exists() or path.stat().st_size != meta.get(key):
                 return f"{path.name} is missing or has the wrong size"
-        return None
+        return digest_problem(self.directory, meta.get("digests"))
+
+    def record_digests(self) -> None:
+        """Write the digests of root and state into meta.json (atomically)."""
+        meta = {**self.meta(), "digests": {p.name: digest_of(p) for p in (self.root, self.state)}}
+        tmp = self.meta_path.with_name(f"meta.json.{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(self.meta_path)
 
 
 def snapshot_for(spec: MachineSpec, base: Path) -> Snapshot:
@@ -80,13 +95,10 @@ def settle(guest: Guest) -> None:
     guest.run("sync", timeout=60)
 
 
-def save(guest: Guest, target: Snapshot) -> None:
-    """Pause the guest, save its state, and freeze its root overlay as the snapshot's disk."""
-    tmp = target.directory.with_name(target.directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def save(guest: Guest, work: Path) -> None:
+    """Pause the guest, save its state, and freeze its root overlay as the snapshot's disk, in `work`."""
     guest.machine.qmp("stop")
-    guest.machine.qmp("migrate", uri=f"exec:cat > {tmp / 'state.bin'}")
+    guest.machine.qmp("migrate", uri=f"exec:cat > {work / 'state.bin'}")
     deadline = time.monotonic() + 120
     while (status := guest.machine.qmp("query-migrate").get("status")) not in ("completed", "failed"):
         if time.monotonic() > deadline:
@@ -96,36 +108,52 @@ def save(guest: Guest, target: Snapshot) -> None:
     guest.shutdown()
     if status != "completed":
         raise BootError(f"saving the booted guest's state failed: migration {status}", guest.machine.argv)
-    shutil.move(guest.paths.root, tmp / "root.qcow2")
-    (tmp / "root.qcow2").chmod(0o444)
-    meta = {"root_size": (tmp / "root.qcow2").stat().st_size, "state_size": (tmp / "state.bin").stat().st_size,
+    shutil.move(guest.paths.root, work / "root.qcow2")  # the run directory may be on another filesystem
+    (work / "root.qcow2").chmod(0o444)
+    meta = {"root_size": (work / "root.qcow2").stat().st_size, "state_size": (work / "state.bin").stat().st_size,
             "boot_seconds": round(guest.boot_seconds, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(target.directory, ignore_errors=True)
-    tmp.rename(target.directory)
+    (work / "meta.json").write_text(json.dumps(meta, indent=1))
+    Snapshot(work).record_digests()
+
+
+def make(spec: MachineSpec, base: Path, rundir: Path, work: Path, progress: Progress, boot_timeout: float,
+         watchdog: float) -> None:
+    """Cold-boot a guest from `base`, let it settle and save it into `work`."""
+    require_space(work.parent, (spec.memory_mb + 256) << 20, "the booted-guest snapshot")
+    progress(f"cold boot ({spec.accel}, {spec.cpus} vCPUs, {spec.memory_mb} MiB) to make the snapshot")
+    with Guest(spec, rundir) as guest:
+        try:
+            guest.boot(base, timeout=boot_timeout, watchdog=watchdog, progress=progress)
+            settle(guest)
+        except GuestError as exc:
+            raise BootError(f"the first boot failed: {exc}", guest.machine.argv,
+                            "console:\n" + guest.console_text()[-3000:]) from exc
+        progress(f"guest up in {guest.boot_seconds:.1f} s; saving its state")
+        save(guest, work)
+
+
+def checked(snap: Snapshot, spec: MachineSpec, rundir: Path, progress: Progress) -> str | None:
+    """snap.problem(); a snapshot saved without digests must first restore (then its digests are recorded)."""
+    problem = snap.problem()
+    if problem is not None or "digests" in snap.meta():
+        return problem
+    progress(f"snapshot {snap.directory.name} has no digests (an older lab saved it): checking that it restores")
+    try:
+        with Guest(spec, rundir) as guest:
+            guest.restore(snap.root, snap.state)
+            guest.run("true", timeout=60)
+    except (FuselabError, QMPError, OSError, EOFError) as exc:  # QMP just disconnects when QEMU rejects a state
+        return f"restoring it failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    snap.record_digests()
+    return None
 
 
 def ensure(spec: MachineSpec, base: Path, workdir: Path, progress: Progress, boot_timeout: float = 180,
            watchdog: float = 30) -> Snapshot:
-    """Return the snapshot for `spec`, cold-booting and saving a guest once if there is none."""
+    """Return the snapshot for `spec`, cold-booting and saving a guest once if there is none (or it is unusable)."""
     target = snapshot_for(spec, base)
-    if target.problem() is None:
-        return target
-    with file_lock(target.directory.with_suffix(".lock"), "the booted-guest snapshot", progress):
-        problem = target.problem()
-        if problem is None:
-            return target
-        if target.directory.exists():
-            progress(f"cached snapshot {target.directory} is unusable ({problem}): making it again")
-        require_space(target.directory.parent, (spec.memory_mb + 256) << 20, "the booted-guest snapshot")
-        progress(f"cold boot ({spec.accel}, {spec.cpus} vCPUs, {spec.memory_mb} MiB) to make the snapshot")
-        with Guest(spec, workdir / "snapshot-boot") as guest:
-            try:
-                guest.boot(base, timeout=boot_timeout, watchdog=watchdog, progress=progress)
-                settle(guest)
-            except GuestError as exc:
-                raise BootError(f"the first boot failed: {exc}", guest.machine.argv,
-                                "console:\n" + guest.console_text()[-3000:]) from exc
-            progress(f"guest up in {guest.boot_seconds:.1f} s; saving its state")
-            save(guest, target)
-        return target
+    build_once(target.directory,
+               lambda work: make(spec, base, workdir / "snapshot-boot", work, progress, boot_timeout, watchdog),
+               problem=lambda path: checked(Snapshot(path), spec, workdir / "snapshot-check", progress),
+               lock=target.directory.with_suffix(".lock"), what="the booted-guest snapshot", progress=progress)
+    return target

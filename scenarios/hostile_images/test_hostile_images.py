@@ -10,29 +10,13 @@ never mounts or checks them: they are only parsed inside the guest.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pytest_fuselab import corpus
 from pytest_fuselab import reproducers
-from pytest_fuselab.cache import cache_dir, file_lock
 from pytest_fuselab.judge.containment import judge
 from pytest_fuselab.judge.drivers import DRIVERS
-from pytest_fuselab.plugin.keys import SETTINGS_KEY
-
-DEFAULT_SEED, DEFAULT_COUNT = 1, 4  # keeps the default suite inside the CI budget
-
-
-def corpus_dir(config: pytest.Config) -> Path:
-    chosen = config.stash[SETTINGS_KEY].corpus
-    if chosen:
-        return Path(chosen)
-    directory = cache_dir() / "corpus" / f"seed{DEFAULT_SEED}-count{DEFAULT_COUNT}"
-    with file_lock(directory.with_suffix(".lock"), "the default hostile corpus"):
-        if not (directory / corpus.MANIFEST).exists():
-            corpus.generate(DEFAULT_SEED, DEFAULT_COUNT, directory)
-    return directory
+from pytest_fuselab.plugin.scenario import corpus_dir
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the mount-service scenarios (tools in servicelab.py).
+"""Fixtures for the mount-service scenarios (tools in pytest_fuselab/plugin/servicelab.py).
 
 `service` gives each test a fresh guest; `shared_service` reuses one guest per module (the
 protocol scenarios hold many short conversations) and resets fuse.conf and leftover mounts
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_fuselab import capabilities
-from servicelab import LAYER_ENV, RUN, HostileServer, Service
+from pytest_fuselab.plugin.servicelab import LAYER_ENV, RUN, HostileServer, Service
 
 
 def _skip_without_service(lab: Any) -> None:

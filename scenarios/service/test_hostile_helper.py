@@ -1,6 +1,6 @@
 """A hostile mount helper against real socket-activated fuse servers.
 
-Our helper (pytest_fuselab/mountproto.py, as root) connects to the real service socket, so
+Our helper (pytest_fuselab/guest/mountproto, as root) connects to the real service socket, so
 systemd starts a real, sandboxed instance (fuse4fs@ or libfuse's service_ll@), and then breaks the
 protocol: bad hello packets, unknown flags, missing, extra or wrongly typed fds, corrupt argument
 files, wrong replies.  Each time only that instance may fail: it must end by itself (an exit
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from servicelab import PROTO, RUN, content_path, exits, make_source, wait_no_instance
+from pytest_fuselab.plugin.servicelab import PROTO, RUN, content_path, exits, make_source, wait_no_instance
 
 MNT = "/mnt/hh"
 ATTACKS = [
@@ -29,7 +29,7 @@ ATTACKS = [
 def drive(service, target, attack, source):
     log = f"{RUN}/helper.jsonl"
     service.sh(f"mkdir -p {RUN} {MNT} && rm -f {log}")
-    result = service.sh(f"timeout 60 python3 {PROTO} helper --attack {attack} --log {log} "
+    result = service.sh(f"timeout 60 {PROTO} helper --attack {attack} --log {log} "
                         f"--socket {service.socket_dir}/{target.subtype} -- {target.subtype} {source} {MNT}",
                         timeout=90)
     transcript = [json.loads(line) for line in service.sh(f"cat {log}").stdout.splitlines() if line.strip()]

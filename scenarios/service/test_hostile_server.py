@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from servicelab import USER, not_a_crash
+from pytest_fuselab.plugin.servicelab import USER, not_a_crash
 
 # attack -> (answers the helper gives to our requests, in order; its exit status)
 # "EOF" = the helper hung up instead of answering; the last request of most attacks is BYEE 0.

@@ -7,18 +7,12 @@ the mount must be removable, and the next instance must still serve.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from pytest_fuselab import reproducers
 from pytest_fuselab.judge.containment import judge
 from pytest_fuselab.judge.drivers import DRIVERS
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "hostile_images"))
-from test_hostile_images import corpus_dir  # noqa: E402  (the same default corpus)
-
+from pytest_fuselab.plugin.scenario import corpus_dir  # the same default corpus as scenarios/hostile_images
 
 SERVICE = DRIVERS["fuse4fs-service"]  # fuservicemount3 -t ext4 through fuse4fs.socket
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from servicelab import make_source
+from pytest_fuselab.plugin.servicelab import make_source
 
 MNT = "/mnt/psi"
 FILE_MIB = 24

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from servicelab import CONTENT, USER, content_path, make_source, not_a_crash
+from pytest_fuselab.plugin.servicelab import CONTENT, USER, content_path, make_source, not_a_crash
 
 MNT = "/mnt/svc"
 

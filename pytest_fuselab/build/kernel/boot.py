@@ -83,10 +83,10 @@ def locate(kernel: Path | None, modules: Path | None, progress: Progress) -> Ker
         progress(f"{result.describe()}: no config found (no .config, IKCONFIG or config-{release}), "
                  "so it is not checked before booting")
     else:
-        verdict = kconfig.require(result.config, moddir is not None, result.config_source)
-        if verdict.scenario:
+        checked = kconfig.require(result.config, moddir is not None, result.config_source)
+        if checked.scenario:
             progress(f"kernel {release} lacks what some scenarios need (they will skip or fail): "
-                     + "; ".join(verdict.scenario))
+                     + "; ".join(checked.scenario))
     if moddir is None and result.config is not None and kconfig.value(result.config, "MODULES") == "y":
         progress(f"kernel {release} is modular but comes without modules: only built-in drivers work")
     return result

@@ -1,9 +1,8 @@
-"""`fuselab kernel build TREE`: configure a kernel tree for the lab (the shipped fragment on top
-of defconfig, tinyconfig or the tree's own .config, then olddefconfig) and build it, showing progress."""
+"""Configure a kernel tree for the lab (the shipped fragment on top of defconfig, tinyconfig or the
+tree's own .config, then olddefconfig) and build it, showing progress; `fuselab kernel` is cli/kernel.py."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -138,38 +137,3 @@ def build(tree: Path, progress: Progress, debug: bool = False, base: str = "curr
     progress(f"built {tree / 'arch/x86/boot/bzImage'} in {seconds:.0f} s")
     return Build(tree, log, seconds, tree / "arch/x86/boot/bzImage", missing)
 
-
-def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """`fuselab kernel build TREE` and `fuselab kernel check KERNEL`."""
-    p = sub.add_parser("kernel", help="build a kernel tree for the lab, or check a kernel's config")
-    actions = p.add_subparsers(dest="action", required=True)
-    b = actions.add_parser("build", help="configure (lab fragment + olddefconfig) and build bzImage and modules")
-    b.add_argument("tree", help="a kernel source tree")
-    b.add_argument("--debug", action="store_true", help="add the debugging fragment (KASAN, lockdep, ...)")
-    b.add_argument("--base", choices=BASES, default="current",
-                   help="start from defconfig, tinyconfig, or the tree's .config (default; defconfig if none)")
-    b.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: one per CPU)")
-    b.add_argument("--nice", type=int, default=0, help="run make under nice -n N")
-    b.add_argument("--no-configure", action="store_true", help="build the .config as it is")
-    c = actions.add_parser("check", help="check a kernel's config against what the lab needs, without booting")
-    c.add_argument("kernel", help="a bzImage file or a kernel build tree")
-    c.add_argument("--modules", help="its modules directory")
-
-
-def cli(args: argparse.Namespace, progress: Progress) -> int:
-    if args.action == "build":
-        done = build(Path(args.tree), progress, args.debug, args.base, args.jobs, args.nice, not args.no_configure)
-        print(f"{done.bzimage}  built in {done.seconds:.0f} s"
-              + (f"; {len(done.unmet)} fragment options not taken" if done.unmet else ""))
-        return 0
-    from pytest_fuselab.build.kernel.boot import locate
-
-    found = locate(Path(args.kernel).resolve(), Path(args.modules).resolve() if args.modules else None, progress)
-    assert found is not None
-    print(found.describe())
-    if found.config is not None:
-        verdict = kconfig.check(found.config, found.modules is not None)
-        for line in verdict.scenario:
-            print(f"scenarios: {line}")
-        print("config: everything the lab needs to boot is there")
-    return 0

@@ -79,7 +79,7 @@ def value(config: Config, option: str) -> str:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ConfigCheck:
     """What a config lacks: `fatal` refuses the boot; `scenario` only skips scenarios."""
 
     fatal: list[str]
@@ -89,7 +89,7 @@ class Verdict:
         return "; ".join(self.fatal + self.scenario)
 
 
-def check(config: Config, has_modules: bool) -> Verdict:
+def check(config: Config, has_modules: bool) -> ConfigCheck:
     """Compare `config` with NEEDS. With no modules, modular options count as missing."""
     fatal: list[str] = []
     scenario: list[str] = []
@@ -104,17 +104,17 @@ def check(config: Config, has_modules: bool) -> Verdict:
         else:
             continue
         (scenario if need.where == "scenario" else fatal).append(problem)
-    return Verdict(fatal, scenario)
+    return ConfigCheck(fatal, scenario)
 
 
-def require(config: Config, has_modules: bool, source: str) -> Verdict:
+def require(config: Config, has_modules: bool, source: str) -> ConfigCheck:
     """Raise SettingError naming every missing option the lab cannot do without."""
-    verdict = check(config, has_modules)
-    if verdict.fatal:
+    checked = check(config, has_modules)
+    if checked.fatal:
         raise SettingError(f"the kernel's config ({source}) lacks what the lab needs:\n  "
-                           + "\n  ".join(verdict.fatal)
+                           + "\n  ".join(checked.fatal)
                            + "\nenable these (e.g. with the fragment of `fuselab kernel build`) and rebuild")
-    return verdict
+    return checked
 
 
 # -- bzImage --------------------------------------------------------------------------------

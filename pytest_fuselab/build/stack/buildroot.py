@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from pathlib import Path
 from collections.abc import Callable, Iterator
 
 from pytest_fuselab import proc
-from pytest_fuselab.cache import cache_dir, file_lock, require_space
+from pytest_fuselab.cache import build_once, cache_dir, file_lock, require_space
 from pytest_fuselab.errors import ImageError
-from pytest_fuselab.build.image import APT_OPTS, host_mirror, require_root
+from pytest_fuselab.build.image import APT_OPTS, host_mirror, remove_tree, require_root
 
 Progress = Callable[[str], None]
 FORMAT = 1
@@ -95,26 +94,25 @@ def resolv_conf(root: Path) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
-def make(target: BuildRoot, mirror: str, progress: Progress) -> None:
-    """debootstrap the build root, add deb-src, install the tools and Debian's build dependencies."""
-    work = target.directory.with_name(target.directory.name + f".build-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    staged = BuildRoot(work, target.suite)
+def make(work: Path, suite: str, mirror: str, progress: Progress) -> None:
+    """debootstrap a build root into `work`, add deb-src, install the tools and Debian's build dependencies."""
+    staged = BuildRoot(work, suite)
     log = work / "buildroot.log"
-    progress(f"debootstrap {target.suite} (buildd) for the build root; log: {log}")
+    progress(f"debootstrap {suite} (buildd) for the build root; log: {log}")
     proc.run(["debootstrap", "--variant=buildd", "--components=main", "--include=" + ",".join(TOOLS),
-              target.suite, str(staged.root), mirror], ImageError, log)
+              suite, str(staged.root), mirror], ImageError, log)
     (staged.root / "etc/apt/sources.list").unlink(missing_ok=True)
-    (staged.root / "etc/apt/sources.list.d/fuselab.sources").write_text(sources_text(mirror, target.suite))
+    (staged.root / "etc/apt/sources.list.d/fuselab.sources").write_text(sources_text(mirror, suite))
     progress(f"build dependencies of {', '.join(BUILD_DEPS)} from Debian")
     with resolv_conf(staged.root):
         staged.apt(["update"], log)
         staged.apt(["build-dep", "--no-install-recommends", *BUILD_DEPS], log)
     (work / "lists-updated").touch()
-    (work / "ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-    shutil.rmtree(target.directory, ignore_errors=True)
-    work.rename(target.directory)
+    staged.ready.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+
+def _problem(directory: Path) -> str | None:
+    return None if (directory / "ready").exists() else "it has no ready stamp"
 
 
 def ensure(progress: Progress, suite: str = "sid") -> BuildRoot:
@@ -126,9 +124,12 @@ def ensure(progress: Progress, suite: str = "sid") -> BuildRoot:
     if target.ready.exists():
         return target
     require_space(base, 3 << 30, "the stack build root")
-    with file_lock(target.directory.with_suffix(".lock"), f"build root {target.directory.name}", progress):
-        if not target.ready.exists():
-            start = time.monotonic()
-            make(target, mirror, progress)
-            progress(f"build root {target.directory.name} ready in {time.monotonic() - start:.0f} s")
+    start = time.monotonic()
+
+    def build(work: Path) -> None:
+        make(work, suite, mirror, progress)
+        progress(f"build root {target.directory.name} ready in {time.monotonic() - start:.0f} s")
+
+    build_once(target.directory, build, problem=_problem, lock=target.directory.with_suffix(".lock"),
+               what=f"build root {target.directory.name}", progress=progress, remove=remove_tree)
     return target

@@ -2,8 +2,11 @@
 """Guest-side O_DIRECT probe (stdlib only): statx DIOALIGN, then aligned and misaligned direct
 reads and writes, mixed buffered/direct access; prints one JSON document.
 
-Usage: dio_probe.py write FILE SEED | dio_probe.py verify FILE SEED (after a remount)
+Usage: python3 -m pytest_fuselab.guest.probes.dio_probe write FILE SEED
+       python3 -m pytest_fuselab.guest.probes.dio_probe verify FILE SEED < (write's JSON)   (after a remount)
 """
+
+from __future__ import annotations
 
 import ctypes
 import errno
@@ -13,6 +16,7 @@ import mmap
 import os
 import random
 import sys
+from typing import Any
 
 STATX_DIOALIGN = 0x2000
 AT_FDCWD = -100
@@ -20,6 +24,8 @@ SYS_STATX = 332  # x86_64
 
 
 class Statx(ctypes.Structure):
+    """struct statx, up to its DIOALIGN fields."""
+
     _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32), ("attributes", ctypes.c_uint64),
                 ("nlink", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
                 ("mode", ctypes.c_uint16), ("pad1", ctypes.c_uint16), ("ino", ctypes.c_uint64),
@@ -30,7 +36,8 @@ class Statx(ctypes.Structure):
                 ("spare", ctypes.c_uint64 * 12)]
 
 
-def dioalign(path):
+def dioalign(path: str) -> dict[str, Any]:
+    """statx(STATX_DIOALIGN) of `path`: the memory and offset alignment O_DIRECT needs."""
     libc = ctypes.CDLL(None, use_errno=True)
     buf = Statx()
     if libc.syscall(SYS_STATX, AT_FDCWD, path.encode(), 0, STATX_DIOALIGN, ctypes.byref(buf)) != 0:
@@ -40,17 +47,23 @@ def dioalign(path):
     return {"supported": True, "mem": buf.dio_mem_align, "offset": buf.dio_offset_align}
 
 
-def pattern(seed, offset, length):
+def pattern(seed: int, offset: int, length: int) -> bytes:
+    """Reproducible pseudo-random bytes for one region of the file."""
     rng = random.Random(f"{seed}:{offset}:{length}")
     return rng.randbytes(length)
 
 
-def buffer(data, misalign):
+def buffer(data: bytes, misalign: int) -> tuple[mmap.mmap, memoryview]:
     """A buffer holding `data` that starts `misalign` bytes past a page boundary."""
     area = mmap.mmap(-1, len(data) + misalign + mmap.PAGESIZE)
     view = memoryview(area)[misalign:misalign + len(data)]
     view[:] = data
     return area, view
+
+
+def errname(exc: OSError) -> str:
+    """The errno's symbolic name (EINVAL...)."""
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 # (name, file offset, length, buffer misalignment)
@@ -65,7 +78,8 @@ CASES = [
 ]
 
 
-def attempt(fd, op, offset, data, misalign):
+def attempt(fd: int, op: str, offset: int, data: bytes, misalign: int) -> dict[str, Any]:
+    """One direct pwritev/preadv of `data`'s length through a buffer `misalign` bytes off a page."""
     area, view = buffer(data, misalign)
     try:
         if op == "write":
@@ -75,33 +89,35 @@ def attempt(fd, op, offset, data, misalign):
             data = bytes(view[:done])
         return {"ok": True, "bytes": done, "data": data}
     except OSError as exc:
-        return {"ok": False, "errno": errno.errorcode.get(exc.errno, str(exc.errno))}
+        return {"ok": False, "errno": errname(exc)}
     finally:
         view.release()
         area.close()
 
 
-def write(path, seed):
-    report = {"cases": {}}
+def write(path: str, seed: int) -> dict[str, Any]:
+    """Write and read back every case with O_DIRECT, then the mixed buffered/direct checks."""
+    cases: dict[str, Any] = {}
+    report: dict[str, Any] = {"cases": cases}
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
     except OSError as exc:
-        return {"open": errno.errorcode.get(exc.errno, str(exc.errno))}
+        return {"open": errname(exc)}
     report["open"] = "ok"
     report["dioalign"] = dioalign(path)
     for name, offset, length, misalign in CASES:
         data = pattern(seed, offset, length)
         w = attempt(fd, "write", offset, data, misalign)
         r = attempt(fd, "read", offset, bytes(length), misalign) if w["ok"] else {"ok": False}
-        report["cases"][name] = {"offset": offset, "length": length, "misalign": misalign,
-                                 "write": {k: v for k, v in w.items() if k != "data"},
-                                 "read_back_ok": r.get("ok", False) and r.get("data") == data[:w.get("bytes", 0)]}
+        cases[name] = {"offset": offset, "length": length, "misalign": misalign,
+                       "write": {k: v for k, v in w.items() if k != "data"},
+                       "read_back_ok": r.get("ok", False) and r.get("data") == data[:w.get("bytes", 0)]}
     os.close(fd)
     report["mixed"] = mixed(path, seed)
     return report
 
 
-def mixed(path, seed):
+def mixed(path: str, seed: int) -> dict[str, Any]:
     """Buffered write then direct read, and direct write then buffered read, of one region."""
     offset, length = 1 << 20, 8192
     data = pattern(seed, offset, length)
@@ -121,9 +137,9 @@ def mixed(path, seed):
             "direct_then_buffered": buffered == second if wrote["ok"] else wrote.get("errno")}
 
 
-def verify(path, seed, written):
+def verify(path: str, seed: int, written: dict[str, Any]) -> dict[str, Any]:
     """After a remount: every region the first pass wrote must read back with its pattern."""
-    bad = []
+    bad: list[str] = []
     with open(path, "rb") as f:
         for name, case in written["cases"].items():
             if not case["write"].get("ok"):
@@ -136,7 +152,8 @@ def verify(path, seed, written):
     return {"corrupt": bad}
 
 
-def main():
+def main() -> None:
+    """`write` prints its report; `verify` reads that report on stdin and prints the corrupt cases."""
     op, path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if op == "write":
         print(json.dumps(write(path, seed)))

@@ -1,5 +1,4 @@
-"""The mount-service scenarios' tools: real service targets, the hostile server (pytest_fuselab/
-guest/mountproto.py, in every guest), fuse.conf, mounts and unit evidence (status and journal)."""
+"""The mount-service scenarios' tools: service targets, the hostile server, fuse.conf, mounts, unit evidence."""
 
 from __future__ import annotations
 
@@ -11,13 +10,12 @@ from typing import Any
 
 import pytest
 
-from pytest_fuselab import capabilities
+from pytest_fuselab import capabilities, guestconfig
+from pytest_fuselab.guest import module_command
+from pytest_fuselab.judge.drivers import USER
 
-from pytest_fuselab.guest import script_path
-
-PROTO = script_path("mountproto")
+PROTO = module_command("mountproto")
 RUN = "/run/fuselab-service"
-USER = "fuselab"
 HOSTILE = "hostile"  # the subtype our hostile server answers for
 # Real socket-activated servers, best first: fuse4fs (seed 004) or libfuse's own service example.
 TARGETS = (("fuse4fs", "ext4", "fuse4fs-service"), ("service_ll", "service_ll", None))
@@ -71,7 +69,7 @@ class Service:
         """Start the target's socket; `mode` adds an explicit, visible SocketMode= drop-in."""
         if mode:
             dropin = f"/run/systemd/system/{target.socket}.d"
-            self.guest.put(f"{dropin}/zz-fuselab-scenario-socket-mode.conf", f"[Socket]\nSocketMode={mode}\n")
+            self.guest.put(f"{dropin}/zz-fuselab-scenario-socket-mode.conf", guestconfig.socket_dropin(mode))
             self.sh("systemctl daemon-reload", timeout=120)
         result = self.sh(f"systemctl restart {target.socket}")
         assert result.exit_status == 0, f"{target.socket} did not start:\n{self.evidence(target.socket)}"
@@ -112,12 +110,12 @@ class Service:
         return found
 
     def utab(self) -> str:
-        return self.sh("cat /run/mount/utab 2>/dev/null").stdout
+        return str(self.sh("cat /run/mount/utab 2>/dev/null").stdout)
 
     def conf(self, **settings: str | bool) -> None:
         """Write /etc/fuse.conf (`user_allow_other=True`, `mount_max="0"`)."""
-        lines = [k if v is True else f"{k} = {v}" for k, v in settings.items() if v is not False]
-        self.guest.put("/etc/fuse.conf", "\n".join(lines) + "\n")
+        options = [k if v is True else f"{k}={v}" for k, v in settings.items() if v is not False]
+        guestconfig.configure(self.guest, fuse_conf=",".join(options))
 
     def user_dir(self, name: str) -> str:
         """A directory the unprivileged user owns, for mountpoints."""
@@ -139,8 +137,7 @@ class Conversation:
         return [e for e in self.transcript if e["event"] == "request"]
 
     def answers(self) -> list[str]:
-        """The helper's answer to each request: an errno name, the tag it sent, or "EOF" once it has
-        hung up (end of file, ECONNRESET, EPIPE)."""
+        """The helper's answer to each request: an errno name, the tag it sent, or "EOF" once it hung up."""
         out = []
         for r in self.requests():
             a = r.get("answer", {})
@@ -169,7 +166,7 @@ class HostileServer:
         svc.sh(f"mkdir -p {RUN} {svc.socket_dir} && rm -f {log} {self.socket}")
         if not mountpoint.startswith(("/dev", "/proc", "/sys")):
             svc.sh(f"mkdir -p {mountpoint}")
-        svc.sh(f"nohup python3 {PROTO} serve --attack {attack} --dialect {dialect} --listen {self.socket} "
+        svc.sh(f"nohup {PROTO} serve --attack {attack} --dialect {dialect} --listen {self.socket} "
                f"--log {log} > {RUN}/server.out 2>&1 & echo $! > {RUN}/server.pid")
         wait = svc.sh(f"for i in $(seq 100); do [ -S {self.socket} ] && exit 0; sleep 0.1; done; "
                       f"cat {RUN}/server.out; exit 1", timeout=30)
@@ -193,8 +190,8 @@ CONTENT = "hello from the service\n"
 
 
 def make_source(service: Service, target: Target, disk: Any = None, owner: str | None = None) -> str:
-    """Something the target can serve, holding CONTENT: an ext4 disk for fuse4fs (`disk` is the
-    fuselab_disk factory; without it a loop device in the guest), a backing file for service_ll."""
+    """Something the target can serve, holding CONTENT: an ext4 disk for fuse4fs, a file for service_ll."""
+    # `disk` is the fuselab_disk factory; without it the ext4 goes on a loop device in the guest
     if target.subtype == "ext4":
         dev = str(disk("64M").path) if disk else service.sh(
             "mkdir -p /srv && truncate -s 64M /srv/ext4.img && losetup -f --show /srv/ext4.img").stdout.strip()
