@@ -111,3 +111,12 @@ def test_closed_channel_is_a_lost_guest(tmp_path):
     channel.connect(timeout=5)
     with pytest.raises(GuestLost, match="closed"):
         channel.request("ping", wait=5)
+
+
+def test_the_agent_reports_tasks_stuck_in_d_state(agent, monkeypatch):
+    """The host's health check asks the agent (guest/tasks.py in-process): no process started for it."""
+    from pytest_fuselab.guest.protocol import HealthFacts
+
+    monkeypatch.setattr(guest_agent.tasks, "d_state_tasks", lambda: {"cat[7]"})
+    reply = agent.request("tasks", wait=10, grace=0.2)
+    assert HealthFacts.from_json({k: v for k, v in reply.items() if k not in ("id", "ok")}).stuck == ["cat[7]"]

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_fuselab.guest import judge as guest_judge
 from pytest_fuselab.guest import kmsg, steps
-from pytest_fuselab.guest.protocol import DriverSpec, JudgeAnswer
+from pytest_fuselab.guest.protocol import DriverSpec
 from pytest_fuselab.judge import containment
 from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.reproducers import extract

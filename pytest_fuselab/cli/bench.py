@@ -7,7 +7,6 @@ import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pytest_fuselab.cli.options import add_settings, settings_from, whole
 from pytest_fuselab.judge.containment import usable_drivers
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.workdirs import work_dir
 
 EMPTY_TEST = """import pytest
 
@@ -99,7 +99,7 @@ def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str], gues
 
 
 def run(settings: Settings, runs: int = 5, images: int = 12, guests: int = 1) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="fuselab-bench-") as tmp:
+    with work_dir("fuselab-bench-") as tmp:
         lab = Lab(settings, Path(tmp))
         lab.guest().shutdown()  # build the image and snapshot outside the timings
         cold = [timed_cold_boot(lab) for _ in range(runs)]

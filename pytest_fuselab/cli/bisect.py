@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pytest_fuselab.judge import triage
 from pytest_fuselab.cache import cache_dir
 from pytest_fuselab.errors import BootError, FuselabError, MachineError, SettingError
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.workdirs import work_dir
 
 GOOD, BAD, SKIP, STOP = 0, 1, 125, 130
 NAMES = {GOOD: "good", BAD: "bad", SKIP: "skip"}
@@ -168,7 +168,7 @@ def run_step(args: argparse.Namespace, settings: Settings, flags: list[str], pro
             kbuild.build(tree, progress, debug=args.debug, base="current", nice=args.nice)
         except FuselabError as exc:
             return Step(SKIP, f"build failed: {first_line(exc)}")
-    with tempfile.TemporaryDirectory(prefix="fuselab-bisect-") as tmp:
+    with work_dir("fuselab-bisect-") as tmp:
         decided = boot(settings, Path(tmp), progress, args.splat_pattern, made)
         if decided is not None:
             return decided

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from pytest_fuselab.cli.options import add_settings, seconds, settings_from
 from pytest_fuselab.lab import Lab
+from pytest_fuselab.workdirs import work_dir
 
 TIMED_OUT = 124  # what timeout(1) exits with
 
@@ -23,7 +23,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="fuselab-exec-") as tmp:
+    with work_dir("fuselab-exec-") as tmp:
         lab = Lab(settings_from(args), Path(tmp))
         with lab.guest() as guest:
             result = guest.run(args.command, timeout=args.timeout, check=False)

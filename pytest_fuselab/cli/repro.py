@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from pytest_fuselab.errors import SettingError
 from pytest_fuselab.judge.drivers import DRIVERS
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.workdirs import work_dir
 
 if TYPE_CHECKING:
     from pytest_fuselab.judge.containment import Verdict
@@ -75,7 +75,7 @@ def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted]) 
         print(line(v), flush=True)
         verdicts.append(v)
 
-    with tempfile.TemporaryDirectory(prefix="fuselab-repro-") as tmp:
+    with work_dir("fuselab-repro-") as tmp:
         lab = Lab(settings, Path(tmp))
         usable = containment.usable_drivers(lab)
         drivers = args.driver or usable

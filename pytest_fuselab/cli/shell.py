@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 from pytest_fuselab.cli.options import add_settings, settings_from
@@ -13,6 +12,7 @@ from pytest_fuselab.errors import HostError
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.workdirs import work_dir
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def ssh_argv(key: Path, port: int, *command: str) -> list[str]:
 
 def run(settings: Settings, command: list[str] | None = None) -> int:
     """SSH into a fresh guest (interactive, or running `command`); the guest stops afterwards."""
-    with tempfile.TemporaryDirectory(prefix="fuselab-shell-") as tmp:
+    with work_dir("fuselab-shell-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o700)
         lab = Lab(settings, workdir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .mutations.primitives import Ctx
 from .profiles import PROFILES, derive
 from .recording import RecordingImage
 from .tools import TOOLS, e2fsprogs_version, find_tool, mke2fs_args
+from pytest_fuselab.workdirs import work_dir
 
 Progress = Callable[[int, int, str], None]
 
@@ -71,7 +71,7 @@ def generate(seed: int, count: int, directory: Path, progress: Progress | None =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries: list[Entry] = []
-    with tempfile.TemporaryDirectory(prefix="fuselab-corpus-") as work:
+    with work_dir("fuselab-corpus-") as work:
         bases = BaseCache(seed, Path(work))
         try:
             for index in range(count):
@@ -90,7 +90,7 @@ def regenerate(entry: Entry, directory: Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    with tempfile.TemporaryDirectory(prefix="fuselab-corpus-") as work:
+    with work_dir("fuselab-corpus-") as work:
         base = build_base(profile, seed, Path(work))
         if entry.get("base_sha256") not in (None, file_sha256(base)):
             here = e2fsprogs_version(find_tool("mke2fs"))

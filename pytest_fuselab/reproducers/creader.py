@@ -89,7 +89,7 @@ def c_unescape(literal: str) -> bytes:
 
 def cstring(memory: Extents, addr: int) -> bytes:
     """The string at `addr` (at most CSTRING_MAX bytes), without its zero; nothing for address 0."""
-    return memory.read(addr, CSTRING_MAX).split(b"\0", 1)[0] if addr else b""
+    return bytes(memory.read(addr, CSTRING_MAX).split(b"\0", 1)[0]) if addr else b""
 
 
 class Lines:

@@ -16,7 +16,7 @@ OLD_MAX_SEGMENTS = 4096
 EXECUTOR_OPTS_MAX = 224  # the executor copies at most sizeof(opts) - 32 bytes of options
 
 
-def inflate(raw: bytes, budget: Budget, where: str) -> SparseImage:
+def inflate(raw: bytes | bytearray, budget: Budget, where: str) -> SparseImage:
     """Decompress a syzkaller image (a zlib stream) block by block, refusing more than the budget has left."""
     inflater, builder, data = zlib.decompressobj(), Builder(), raw
     try:

@@ -6,6 +6,7 @@ import bz2
 import codecs
 import contextlib
 import gzip
+import io
 import lzma
 import os
 import stat
@@ -14,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from pytest_fuselab.errors import HostError, InputError
 from .extracted import Budget, Found, limit_hint, over_limit
@@ -47,14 +48,13 @@ def open_regular(path: Path, limit: int) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise InputError(f"{path}: cannot open the file: {exc.strerror or exc}; check the path and its "
+        with contextlib.suppress(OSError):
+            _refuse_kind(path, os.stat(path).st_mode)  # a socket cannot be opened: say what it is
+        raise InputError(f"{path}: cannot read the file: {exc.strerror or exc}; check the path and its "
                          "permissions") from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-            raise InputError(f"{path}: is {kind}, not a regular file; only files are read as inputs (save what a "
-                             "device or a pipe gives into a file and pass that)")
+        _refuse_kind(path, st.st_mode)
         if st.st_size > limit:
             raise InputError(f"{path}: the file is {st.st_size} bytes, over the size limit of {limit} bytes; "
                              + limit_hint(limit))
@@ -62,6 +62,13 @@ def open_regular(path: Path, limit: int) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_kind(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise InputError(f"{path}: is {kind}, not a regular file; only files are read as inputs (save what a "
+                         "device or a pipe gives into a file and pass that)")
 
 
 def load(path: Path, budget: Budget) -> Loaded:
@@ -89,7 +96,7 @@ def _stream(path: Path, f: BinaryIO, compression: str) -> Iterator[Read]:
         with _unzstd(path, f) as read:
             yield read
         return
-    opened: IO[bytes] = (gzip.GzipFile(fileobj=f) if compression == "gzip" else lzma.LZMAFile(f)
+    opened: io.BufferedIOBase | BinaryIO = (gzip.GzipFile(fileobj=f) if compression == "gzip" else lzma.LZMAFile(f)
                          if compression == "xz" else bz2.BZ2File(f) if compression == "bzip2" else f)
     with opened:
         yield opened.read
@@ -104,10 +111,13 @@ def _unzstd(path: Path, f: BinaryIO) -> Iterator[Read]:
                         "zstd package (apt-get install zstd)") from exc
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        yield proc.stdout.read
-        proc.stdout.read(1)  # at the end unless the reader stopped early
-        error = proc.stderr.read(4096).decode(errors="replace").strip()
-        if proc.wait() != 0:
+        try:
+            yield proc.stdout.read
+        except InputError:
+            if proc.stdout.read(1) or proc.wait() == 0:  # zstd still writes, or it did well: not its fault
+                raise
+        if proc.stdout.read(1) or proc.wait() != 0:
+            error = proc.stderr.read(4096).decode(errors="replace").strip()
             raise InputError(f"{path}: cannot decompress this zstd file: {error or f'zstd exited {proc.returncode}'}; "
                              "the file is damaged or truncated, get it again")
     finally:

@@ -51,16 +51,20 @@ class _Keys:
         block = self.blocks[i]
         return block[bisect_left(block, key) - 1]
 
-    def between(self, low: int, high: int) -> list[int]:
-        """The keys in [low, high), in order."""
-        out: list[int] = []
+    def between(self, low: int, high: int) -> Iterator[int]:
+        """The keys in [low, high), in order (the keys must not change meanwhile)."""
         for i in range(max(bisect_right(self.firsts, low) - 1, 0), len(self.blocks)):
             block = self.blocks[i]
             for j in range(bisect_left(block, low), len(block)):
                 if block[j] >= high:
-                    return out
-                out.append(block[j])
-        return out
+                    return
+                yield block[j]
+
+
+def _fill(out: bytearray, start: int, end: int, value: int) -> None:
+    pattern = bytes([value]) * min(end - start, BLOCK)
+    for at in range(start, end, BLOCK):
+        out[at:min(at + BLOCK, end)] = pattern[:min(BLOCK, end - at)]
 
 
 def _cut(payload: Payload, start: int, end: int) -> Payload:
@@ -83,7 +87,7 @@ class Extents:
             self._put(addr, addr + size, value & 0xFF)
 
     def _put(self, start: int, end: int, payload: Payload) -> None:
-        for key in self._overlapping(start, end):
+        for key in list(self._overlapping(start, end)):
             old_end, old = self.spans.pop(key)
             self.keys.remove(key)
             if key < start:
@@ -96,12 +100,14 @@ class Extents:
         self.spans[start] = (end, payload)
         self.keys.add(start)
 
-    def _overlapping(self, start: int, end: int) -> list[int]:
-        keys = self.keys.between(start, end) if end > start else []
+    def _overlapping(self, start: int, end: int) -> Iterator[int]:
+        """The starts of the extents that meet [start, end), in order."""
+        if end <= start:
+            return
         first = self.keys.before(start)
-        if first is not None and self.spans[first][0] > start and end > start:
-            keys.insert(0, first)
-        return keys
+        if first is not None and self.spans[first][0] > start:
+            yield first
+        yield from self.keys.between(start, end)
 
     def pieces(self, addr: int, size: int) -> Iterator[tuple[int, int, Payload]]:
         """(start, end, payload) of the written parts of [addr, addr + size), cut to it, in order."""
@@ -111,15 +117,18 @@ class Extents:
             low, high = max(key, addr), min(span_end, end)
             yield low, high, _cut(payload, low - key, high - key)
 
-    def read(self, addr: int, size: int) -> bytes:
-        """`size` bytes at `addr` (the caller bounds `size`)."""
+    def read(self, addr: int, size: int) -> bytearray:
+        """`size` bytes at `addr` (the caller bounds `size`), made once: no copy of them is made."""
         out = bytearray(size)
         for low, high, payload in self.pieces(addr, size):
-            out[low - addr:high - addr] = payload if isinstance(payload, memoryview) else bytes([payload]) * (high - low)
-        return bytes(out)
+            if isinstance(payload, memoryview):
+                out[low - addr:high - addr] = payload
+            elif payload:
+                _fill(out, low - addr, high - addr, payload)
+        return out
 
     def touched(self, addr: int, size: int) -> bool:
-        return bool(self._overlapping(addr, addr + size))
+        return next(self._overlapping(addr, addr + size), None) is not None
 
     def image(self, size: int, base: int = 0) -> SparseImage:
         """The `size` bytes from `base` as an image: zero fills left out, other fills made bytes."""
@@ -128,7 +137,7 @@ class Extents:
             if isinstance(payload, memoryview):
                 extents.append((low - base, bytes(payload)))
             elif payload:
-                extents.append((low - base, bytes([payload]) * (high - low)))
+                extents += [(at - base, bytes([payload]) * (min(at + BLOCK, high) - at)) for at in range(low, high, BLOCK)]
         return SparseImage(size, tuple(extents))
 
 

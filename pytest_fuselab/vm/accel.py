@@ -17,6 +17,7 @@ from pytest_fuselab.cache import cache_dir
 from pytest_fuselab.errors import HostError
 from pytest_fuselab.vm.machine import _die_with_parent
 from pytest_fuselab.vm.qemu import qemu_version
+from pytest_fuselab.workdirs import work_dir
 
 KVM_GET_API_VERSION = 0xAE00
 PROBE_MARK = b"fuselab-probe-ok"
@@ -65,7 +66,7 @@ def probe_kvm(kernel: Path, qemu: str, deadline: float = 20.0) -> str | None:
     problem = kvm_device_problem()
     if problem:
         return problem
-    with tempfile.TemporaryDirectory(prefix="fuselab-probe-") as tmp:
+    with work_dir("fuselab-probe-") as tmp:
         initrd = probe_initramfs(Path(tmp))
         argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256", "-nodefaults",
                 "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),

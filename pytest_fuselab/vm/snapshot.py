@@ -98,7 +98,7 @@ def settle(guest: Guest) -> None:
 def save(guest: Guest, work: Path) -> None:
     """Pause the guest, save its state, and freeze its root overlay as the snapshot's disk, in `work`."""
     guest.machine.qmp("stop")
-    guest.machine.qmp("migrate", uri=f"exec:cat > {work / 'state.bin'}")
+    guest.machine.qmp("migrate", uri=qemu.save_state_uri(work / "state.bin"))
     deadline = time.monotonic() + 120
     while (status := guest.machine.qmp("query-migrate").get("status")) not in ("completed", "failed"):
         if time.monotonic() > deadline:

@@ -4,14 +4,18 @@ bzImage) and check them against what the lab and its scenarios need, before anyt
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
+import os
 import re
+import stat
 import struct
 import subprocess
+import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_fuselab.errors import SettingError
 
@@ -131,9 +135,27 @@ def setup_header(data: bytes) -> tuple[int, int, int]:
     return (setup_sects + 1) * 512, offset, length
 
 
+KERNEL_FILE_MAX = 256 << 20  # no bzImage is larger; the whole file is read to find its payload
+VMLINUX_MAX = 512 << 20  # no decompressed kernel is larger: decompression stops here
+IKCONFIG_MAX = 16 << 20  # the embedded config, compressed or not
+
+
+def read_kernel(path: Path, size: int) -> bytes:
+    """The first `size` bytes of the regular file `path` (opened without blocking); ValueError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read the kernel {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"the kernel {path} is not a regular file: give a bzImage file or a kernel tree")
+    with os.fdopen(fd, "rb") as f:
+        return f.read(size)
+
+
 def release(path: Path) -> str:
     """The kernel release (`uname -r`) written in a bzImage's setup header."""
-    data = path.read_bytes()[:0x10000]
+    data = read_kernel(path, 0x10000)
     if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
         raise ValueError(f"{path} is not an x86 bzImage (no 'HdrS' boot header)")
     pointer = struct.unpack_from("<H", data, 0x20E)[0] + 0x200
@@ -143,39 +165,99 @@ def release(path: Path) -> str:
     return text.split()[0]
 
 
-def decompress(payload: bytes) -> bytes:
-    """The kernel inside a bzImage payload, whichever compressor made it."""
-    if payload.startswith(b"\x1f\x8b"):
-        return zlib.decompressobj(31).decompress(payload)  # trailing bytes are ignored
-    if payload.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
-    if payload.startswith(b"\x5d\x00\x00"):
-        return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
-    if payload.startswith(b"BZh"):
-        return bz2.BZ2Decompressor().decompress(payload)
+def decompress(payload: bytes | memoryview, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The kernel inside a bzImage payload, whichever compressor made it, in pieces of at most `chunk` bytes."""
+    head = bytes(payload[:6])
+    if head.startswith(b"\x1f\x8b"):
+        return _inflate(zlib.decompressobj(31), payload, chunk)
+    if head.startswith(b"BZh"):
+        return _unpack(bz2.BZ2Decompressor(), payload, chunk)
+    if head.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00")):
+        form = lzma.FORMAT_XZ if head.startswith(b"\xfd") else lzma.FORMAT_ALONE
+        return _unpack(lzma.LZMADecompressor(form), payload, chunk)
     tools = {b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"], b"\x02\x21\x4c\x18": ["lz4", "-dcq"],
              b"\x89LZO": ["lzop", "-dcq"]}
     for magic, argv in tools.items():
-        if payload.startswith(magic):
-            try:
-                # the payload may end in padding a strict decompressor rejects: keep its output
-                return subprocess.run(argv, input=payload, capture_output=True, timeout=120).stdout
-            except FileNotFoundError:
-                raise ValueError(f"the kernel is compressed with {argv[0]}, which is not installed") from None
-    raise ValueError(f"unknown compression of the kernel payload (starts {payload[:6].hex()})")
+        if head.startswith(magic):
+            return _tool(argv, payload, chunk)
+    raise ValueError(f"unknown compression of the kernel payload (starts {head.hex()})")
+
+
+def _inflate(inflater: Any, payload: bytes | memoryview, chunk: int) -> Iterator[bytes]:
+    """A zlib stream's output, `chunk` bytes at a time; trailing bytes are ignored."""
+    data = payload
+    while not inflater.eof and (out := inflater.decompress(data, chunk)):
+        data = inflater.unconsumed_tail
+        yield out
+
+
+def _unpack(inflater: Any, payload: bytes | memoryview, chunk: int) -> Iterator[bytes]:
+    """A bz2 or lzma stream's output, `chunk` bytes at a time; trailing bytes are ignored."""
+    out = inflater.decompress(payload, chunk)
+    while out:
+        yield out
+        if inflater.eof:
+            return
+        out = inflater.decompress(b"", chunk)
+
+
+def _tool(argv: list[str], payload: bytes | memoryview, chunk: int) -> Iterator[bytes]:
+    with tempfile.TemporaryFile() as staged:
+        staged.write(payload)
+        staged.seek(0)
+        try:
+            proc = subprocess.Popen(argv, stdin=staged, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise ValueError(f"the kernel is compressed with {argv[0]}, which is not installed") from None
+        assert proc.stdout is not None
+        try:
+            # the payload may end in padding a strict decompressor rejects: keep its output
+            while out := proc.stdout.read(chunk):
+                yield out
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+def _between(pieces: Iterator[bytes], start: bytes, end: bytes) -> bytes | None:
+    """The bytes between the markers `start` and `end` in a stream of at most VMLINUX_MAX bytes."""
+    total, tail, found = 0, b"", None
+    for piece in pieces:
+        total += len(piece)
+        if total > VMLINUX_MAX:
+            raise ValueError(f"the kernel payload decompresses to more than {VMLINUX_MAX >> 20} MiB: not a kernel")
+        if found is None:
+            data = tail + piece
+            at = data.find(start)
+            tail = data[-len(start) + 1:]
+            if at < 0:
+                continue
+            found, piece, seen = bytearray(), data[at + len(start):], 0
+        seen = max(len(found) - len(end) + 1, 0)
+        found += piece
+        stop = found.find(end, seen)
+        if stop >= 0:
+            return bytes(found[:stop])
+        if len(found) > IKCONFIG_MAX:
+            raise ValueError(f"the embedded config (IKCONFIG) is larger than {IKCONFIG_MAX >> 20} MiB")
+    return bytes(found) if found is not None else None
 
 
 def embedded(path: Path) -> str | None:
-    """The config IKCONFIG embedded in a bzImage, or None if it has none."""
-    data = path.read_bytes()
+    """The config IKCONFIG embedded in a bzImage, or None if it has none; ValueError for what is no kernel."""
+    data = read_kernel(path, KERNEL_FILE_MAX + 1)
+    if len(data) > KERNEL_FILE_MAX:
+        raise ValueError(f"{path} is larger than {KERNEL_FILE_MAX >> 20} MiB: not a bzImage")
     start, offset, length = setup_header(data)
-    vmlinux = decompress(data[start + offset:start + offset + length])
-    at = vmlinux.find(b"IKCFG_ST")
-    if at < 0:
+    blob = _between(decompress(memoryview(data)[start + offset:start + offset + length]), b"IKCFG_ST", b"IKCFG_ED")
+    if blob is None:
         return None
-    end = vmlinux.find(b"IKCFG_ED", at)
-    blob = vmlinux[at + 8:end if end > 0 else None]
-    return gzip.decompress(blob).decode(errors="replace")
+    inflater = zlib.decompressobj(31)
+    text = inflater.decompress(blob, IKCONFIG_MAX)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"the embedded config (IKCONFIG) decompresses to more than {IKCONFIG_MAX >> 20} MiB")
+    return text.decode(errors="replace")
 
 
 def find(kernel: Path, tree: Path | None = None, modules: Path | None = None) -> tuple[Config, str] | None:
@@ -185,11 +267,11 @@ def find(kernel: Path, tree: Path | None = None, modules: Path | None = None) ->
         return parse((tree / ".config").read_text()), str(tree / ".config")
     try:
         text = embedded(kernel)
+        rel = release(kernel) if text is None else ""
     except (ValueError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise SettingError(f"cannot read the kernel {kernel}: {exc}") from None
     if text is not None:
         return parse(text), f"embedded in {kernel} (IKCONFIG)"
-    rel = release(kernel)
     beside = [kernel.parent / f"config-{rel}", kernel.parent / "config"]
     if modules is not None:
         beside.append(modules / "config")
