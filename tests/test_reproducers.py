@@ -7,6 +7,7 @@ import bz2
 import gzip
 import hashlib
 import lzma
+import os
 import shutil
 import subprocess
 import zlib
@@ -14,10 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pytest_fuselab.errors import ImageError
-from pytest_fuselab.reproducers import Extracted, detect_fstype, extract, extract_all
+from pytest_fuselab.errors import ImageError, InputError
+from pytest_fuselab.reproducers import Extracted, detect_fstype, extract, extract_all, iter_extract
 from pytest_fuselab.reproducers.creader import c_unescape as _c_unescape
+from pytest_fuselab.reproducers.sparse import Extents
 
 REPRO = Path(__file__).parent / "data" / "repro"
 OPTS = "{[{@errors_continue}, {@noblock_validity}, {@resuid={'resuid', 0x3d, 0xee00}}]}"
@@ -416,3 +420,55 @@ def test_unreadable_compressed_files(tmp_path: Path, name: str, content: bytes, 
     if name.endswith(".zst") and shutil.which("zstd") is None:
         pytest.skip("zstd is not installed")
     expect_error(write(tmp_path, name, content), pattern)
+
+
+# Sparse images and the interval map the C reader replays stores into.
+
+WRITE = st.tuples(st.integers(0, 300), st.integers(0, 40), st.integers(0, 255), st.booleans())
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(WRITE, max_size=60), st.integers(0, 340), st.integers(0, 60))
+def test_extents_read_as_a_flat_memory_would(writes: list[tuple[int, int, int, bool]], at: int, size: int) -> None:
+    memory, flat = Extents(), bytearray(400)
+    for addr, length, value, is_fill in writes:
+        data = bytes((value + k) & 0xFF for k in range(length))
+        if is_fill:
+            memory.fill(addr, length, value)
+            flat[addr:addr + length] = bytes([value]) * length
+        else:
+            memory.write(addr, data)
+            flat[addr:addr + length] = data
+    assert memory.read(at, size) == flat[at:at + size]
+    assert memory.image(400).tobytes() == bytes(flat)
+    assert memory.touched(at, size) == any(a < at + size and at < a + n for a, n, _, _ in writes if n)
+
+
+def test_sparse_image_writes_only_its_data(tmp_path: Path) -> None:
+    memory = Extents()
+    memory.fill(1 << 20, 4096, 0xAB)
+    memory.write(0, b"head")
+    image = memory.image(8 << 20)
+    assert (len(image), image.held) == (8 << 20, 4100)
+    with open(tmp_path / "disk", "wb") as f:
+        f.truncate(512 + len(image))
+        image.write_to(f, 512)
+    data = (tmp_path / "disk").read_bytes()
+    assert data[512:516] == b"head" and data[512 + (1 << 20):][:4096] == b"\xab" * 4096
+    assert data.count(0) == len(data) - 4100
+    assert os.stat(tmp_path / "disk").st_blocks * 512 < 1 << 20  # holes stay holes
+
+
+def test_iter_extract_reads_one_input_at_a_time(tmp_path: Path, ext4: bytes) -> None:
+    write(tmp_path, "a.img", ext4)
+    write(tmp_path, "b.img", b"\0" * 4096)
+    found = iter_extract([tmp_path])
+    first = next(found)
+    assert first.source.name == "a.img" and first.sparse.held < len(ext4)  # zero blocks are holes
+    write(tmp_path, "b.img", ext4)  # b.img is not read yet: what it holds now is what is read
+    assert [item.size for item in found] == [len(ext4)]
+
+
+def test_inputs_errors_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="the file is empty"):
+        extract(write(tmp_path, "empty.syz", ""))

@@ -46,9 +46,7 @@ def extract(path: Path, size_limit: int = DEFAULT_SIZE_LIMIT) -> list[Extracted]
 
 
 def iter_extract(paths: Iterable[Path], size_limit: int = DEFAULT_SIZE_LIMIT) -> Iterator[Extracted]:
-    """`extract` over files and directory trees (walked in sorted order, hidden entries skipped), one input
-    at a time. Inside a directory, text files that are neither programs nor reproducers are skipped; a
-    directory with no image at all is an error."""
+    """`extract` over files and directory trees (sorted, hidden entries and other text skipped), one input at a time."""
     _check_limit(size_limit)
     for path in map(Path, paths):
         if not path.is_dir():

@@ -111,8 +111,7 @@ OnCall = Callable[["CReader", list[int], int], None]
 
 
 class CReader:
-    """Walks a C reproducer's tokens, replaying its stores and handing each syz_mount_image call to `on_call`
-    with its constant arguments and position, while the memory holds what the stores before it wrote."""
+    """Walks a C reproducer's tokens, replaying its stores and handing each syz_mount_image call to `on_call`."""
 
     def __init__(self, path: Path, text: str, on_call: OnCall) -> None:
         self.path, self.text, self.on_call = path, text, on_call

@@ -222,7 +222,7 @@ class SyzParser:
             escape = match.group(1)
             if escape is None:
                 out += match.group(0).encode("utf-8", "surrogateescape")
-            elif escape[0] == "x":
+            elif len(escape) == 3:  # xHH; a lone x is an unknown escape
                 out.append(int(escape[1:], 16))
             elif escape in _SYZ_ESCAPES:
                 out.append(_SYZ_ESCAPES[escape])
