@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 
 class FuselabError(Exception):
     """Base of all errors raised by pytest-fuselab."""
@@ -44,7 +46,7 @@ class MachineError(FuselabError):
         self.log_tail = log_tail
         parts = [message]
         if argv:
-            parts.append("QEMU command: " + " ".join(argv))
+            parts.append("QEMU command: " + shlex.join(argv))  # runnable as shown, spaces and all
         if log_tail:
             parts.append("last output:\n" + log_tail)
         super().__init__("\n".join(parts))

@@ -21,12 +21,14 @@ from pytest_fuselab.guestconfig import configure_from
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm.qemu import MachineSpec, find_qemu
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.text import printable
 
 Progress = Callable[[str], None]
 
 
 def stderr_progress(message: str) -> None:
-    print(f"fuselab: {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr; names and titles in it may come from inputs, so escaped."""
+    print(f"fuselab: {printable(message)}", file=sys.stderr, flush=True)
 
 
 class Lab:

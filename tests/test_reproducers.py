@@ -441,7 +441,7 @@ def test_extents_read_as_a_flat_memory_would(writes: list[tuple[int, int, int, b
             flat[addr:addr + length] = data
     assert memory.read(at, size) == flat[at:at + size]
     assert memory.image(400).tobytes() == bytes(flat)
-    assert memory.touched(at, size) == any(a < at + size and at < a + n for a, n, _, _ in writes if n)
+    assert memory.touched(at, size) == (size > 0 and any(a < at + size and at < a + n for a, n, _, _ in writes if n))
 
 
 def test_sparse_image_writes_only_its_data(tmp_path: Path) -> None:

@@ -335,3 +335,74 @@ def test_a_layer_is_built_once_per_key(tmp_path, monkeypatch):
     with pytest.raises(ImageError, match="does not build"):
         build.ensure(stackspec.StackSpec("broken", spec.libfuse, spec.e2fsprogs), print)
     assert (build.stacks_dir() / builds[-1] / "build.log").exists()  # kept for a person to read
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "../../../tmp/x"\n', r"name '\.\./\.\./\.\./tmp/x' may hold only"),
+    ('name = ".hidden"\n', "must start with a letter"),
+    ('name = "a/b"\n', "may hold only"),
+    (f'name = "{"x" * 65}"\n', "at most 64"),
+    ("name = 5\n", "name must be a string"),
+    ('libfuse = "abc"\n', r"\[libfuse\] must be a table"),
+    ("[libfuse]\nsource = 5\n", "libfuse.source must be a string"),
+    ("[libfuse]\npatches = 5\n", "libfuse.patches must be a string or a list of strings"),
+    ('[libfuse]\nref = "main"\n', "libfuse.ref needs libfuse.source"),
+    ("[libfuse]\nref = 5\n", "libfuse.ref must be a string"),
+    ('[libfuse]\nsorce = "x"\n', r"unknown key sorce in \[libfuse\]"),
+    ('nme = "x"\n', "unknown key nme at the top"),
+    ('[e2fsprogs]\nsource = "debian:../x"\n', "is not a Debian source package name"),
+])
+def test_hostile_stack_files_give_clean_errors_naming_file_and_key(tmp_path, text, message):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(ValueError, match=message) as caught:
+        stackspec.parse(str(tmp_path / "s.toml"))
+    assert str(tmp_path / "s.toml") in str(caught.value)
+    with pytest.raises(SettingError, match="stack from FUSELAB_STACK"):
+        resolve(env={"FUSELAB_STACK": str(tmp_path / "s.toml")})
+
+
+def test_stack_file_not_text_or_too_big(tmp_path):
+    (tmp_path / "s.toml").write_bytes(b"name = \"\xff\"\n")
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        stackspec.parse(str(tmp_path / "s.toml"))
+    with open(tmp_path / "s.toml", "wb") as f:
+        f.truncate(8 << 30)  # sparse: read only up to the bound
+    with pytest.raises(ValueError, match="larger than 1024 KiB"):
+        stackspec.parse(str(tmp_path / "s.toml"))
+    os.mkfifo(tmp_path / "f.toml")
+    with pytest.raises(ValueError, match="not a regular file"):
+        stackspec.parse(str(tmp_path / "f.toml"))
+
+
+def test_one_option_string_stays_one_option_and_names_from_file_names_are_made_safe(tmp_path):
+    (tmp_path / "my stack;x.toml").write_text('[libfuse]\noptions = "-Dx=1"\n')
+    spec = stackspec.parse(str(tmp_path / "my stack;x.toml"))
+    assert spec is not None and spec.libfuse.options == ("-Dx=1",) and spec.name == "my-stack-x"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("name=../x,libfuse=/tmp", "stack name= '../x' may hold only"),
+    ("libfuse=/tmp@--output=/tmp/x", "is not a git revision"),
+    ("libfuse=debian:Fuse 3", "not a Debian source package name"),
+])
+def test_inline_names_and_refs_are_checked(value, message):
+    with pytest.raises(ValueError, match=message):
+        stackspec.parse(value)
+
+
+def test_layer_of_a_spec_made_in_code_refuses_an_unsafe_name(monkeypatch):
+    monkeypatch.setattr(build.buildroot, "ensure", lambda progress: pytest.fail("must check the name first"))
+    bad = stackspec.StackSpec("../x", stackspec._source("libfuse", None), stackspec._source("e2fsprogs", None))
+    with pytest.raises(ImageError, match="stack name '../x' may hold only"):
+        build.ensure(bad, print)
+
+
+def test_recipe_names_are_checked(tmp_path):
+    from pytest_fuselab.build import recipe
+
+    fields = 'suite = "sid"\npackages = []\nkernel_package = "k"\ninitramfs_modules = []\n'
+    (tmp_path / "r.toml").write_text('name = "../../x"\n' + fields)
+    with pytest.raises(ImageError, match=r"r.toml: name '../../x' may hold only"):
+        recipe.load(str(tmp_path / "r.toml"))
+    (tmp_path / "r.toml").write_text('name = "ok-1.2"\n' + fields)
+    assert recipe.load(str(tmp_path / "r.toml")).name == "ok-1.2"

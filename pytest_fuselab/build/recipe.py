@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pytest_fuselab.errors import ImageError
+from pytest_fuselab.text import name_problem
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # package data: an installed wheel has them
 
@@ -72,17 +73,20 @@ def load(name_or_path: str, directory: Path = IMAGES_DIR) -> Recipe:
     path = Path(name_or_path)
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"
-    if not path.exists():
+    if not path.is_file():
         raise ImageError(f"image recipe {name_or_path!r} not found (looked for {path}); "
                          f"available: {', '.join(available(directory)) or 'none'}")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ImageError(f"image recipe {path} is not valid TOML: {exc}") from exc
     try:
         recipe = Recipe(path=path.resolve(), **data)
     except TypeError as exc:
         raise ImageError(f"image recipe {path}: {exc}") from exc
+    problem = name_problem(recipe.name)
+    if problem:
+        raise ImageError(f"image recipe {path}: name {problem} (it names the image's cache directory)")
     for guest, host in recipe.file_sources().items():
         if not host.exists():
             raise ImageError(f"image recipe {path}: file for {guest} not found at {host}")

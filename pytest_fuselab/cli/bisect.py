@@ -25,6 +25,7 @@ from pytest_fuselab.judge import triage
 from pytest_fuselab.cache import cache_dir
 from pytest_fuselab.errors import BootError, FuselabError, MachineError, SettingError
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.text import printable
 from pytest_fuselab.workdirs import work_dir
 
 GOOD, BAD, SKIP, STOP = 0, 1, 125, 130
@@ -42,7 +43,8 @@ class Step:
 
     def line(self, commit: str, seconds: float) -> str:
         title = self.titles[0] if self.titles else "-"
-        return f"{commit}  {NAMES.get(self.status, str(self.status)):4}  {title}  {seconds:.0f}s  {self.why}"
+        text = f"{commit}  {NAMES.get(self.status, str(self.status)):4}  {title}  {seconds:.0f}s  {self.why}"
+        return printable(text, lines=False)  # commit subjects, titles and file names are untrusted
 
 
 def matching(titles: list[str], pattern: str | None) -> list[str]:
@@ -185,7 +187,7 @@ def main(args: argparse.Namespace, settings_from: Callable[[argparse.Namespace],
     start = time.monotonic()
     tree = Path(args.tree).resolve()
     commit = commit_of(tree)
-    progress: Progress = (lambda m: print(f"fuselab: {m}", file=sys.stderr, flush=True)) if args.verbose \
+    progress: Progress = (lambda m: print(f"fuselab: {printable(m)}", file=sys.stderr, flush=True)) if args.verbose \
         else (lambda _: None)
     made: list[Path] = []  # the snapshot this step booted: a bisect never boots the same kernel twice
     try:
@@ -199,7 +201,7 @@ def main(args: argparse.Namespace, settings_from: Callable[[argparse.Namespace],
         flags = [f"{o.flag}={getattr(args, o.name)}" for o in OPTIONS if getattr(args, o.name, None) is not None]
         step = run_step(args, settings, flags, progress, made)
     except KeyboardInterrupt:
-        print(f"{commit}  interrupted: stopping the bisect (exit {STOP})", flush=True)
+        print(printable(f"{commit}  interrupted: stopping the bisect (exit {STOP})", lines=False), flush=True)
         return STOP
     except BaseException as exc:  # noqa: B036 - a lab error must never become a verdict git misreads
         step = Step(SKIP, f"lab error: {type(exc).__name__}: {first_line(exc)}")

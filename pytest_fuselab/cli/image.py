@@ -6,6 +6,7 @@ import argparse
 
 from pytest_fuselab.build import image, recipe
 from pytest_fuselab.lab import stderr_progress
+from pytest_fuselab.text import printable
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,7 +34,7 @@ def show(args: argparse.Namespace) -> None:
     for img in image.built_images():
         problem = img.problem()
         if problem:
-            print(f"{img.directory.name}  UNUSABLE: {problem}")
+            print(printable(f"{img.directory.name}  UNUSABLE: {problem}"))
             continue
         m = img.manifest()
         pk = m["packages"]
@@ -42,9 +43,9 @@ def show(args: argparse.Namespace) -> None:
         assert isinstance(layer, dict)
         fuse, e2fs = (layer["versions"]["libfuse"], layer["versions"]["e2fsprogs"]) if layer else (
             pk.get("fuse3"), pk.get("fuse2fs"))
-        print(f"{img.directory.name}  kernel {m['kernel_version']}  fuse3 {fuse}  fuse2fs {e2fs}  "
-              f"systemd {pk.get('systemd')}  built {m['built']}"
-              + (f"  stack {layer['name']} from {layer['sources']}" if layer else ""))
+        print(printable(f"{img.directory.name}  kernel {m['kernel_version']}  fuse3 {fuse}  fuse2fs {e2fs}  "
+                        f"systemd {pk.get('systemd')}  built {m['built']}"
+                        + (f"  stack {layer['name']} from {layer['sources']}" if layer else ""), lines=False))
     if not image.built_images():
         print(f"no images built yet in {image.images_dir()} (`fuselab image build`)")
 

@@ -8,6 +8,7 @@ from pytest_fuselab.build.kernel import build as kbuild
 from pytest_fuselab.build.kernel import config as kconfig
 from pytest_fuselab.cli.options import existing, whole
 from pytest_fuselab.lab import stderr_progress
+from pytest_fuselab.text import printable
 
 MOST_JOBS = 4096
 
@@ -46,11 +47,11 @@ def check(args: argparse.Namespace) -> int:
 
     found = locate(args.kernel.resolve(), args.modules.resolve() if args.modules else None, stderr_progress)
     assert found is not None
-    print(found.describe())
+    print(printable(found.describe()))
     if found.config is not None:
         verdict = kconfig.check(found.config, found.modules is not None)
         for line in verdict.scenario:
-            print(f"scenarios: {line}")
+            print(printable(f"scenarios: {line}", lines=False))
         print("config: everything the lab needs to boot is there")
     return 0
 

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 
 from pytest_fuselab.cli import bench, bisect, corpus, execute, host, image, kernel, repro, run, shell
-from pytest_fuselab.cli import stack
+from pytest_fuselab.cli import hosts, stack
 from pytest_fuselab.cli.options import add_settings, respell, settings_from
 from pytest_fuselab.errors import FuselabError
 from pytest_fuselab.lab import stderr_progress
+from pytest_fuselab.text import printable
 
 USAGE, INTERRUPTED = 2, 130
+ADVICE = {  # what a person can do about an OSError on a path they gave (or the lab's cache)
+    errno.EACCES: "choose a path you may write to, or fix its permissions",
+    errno.EPERM: "choose a path you may write to, or fix its permissions",
+    errno.EROFS: "it is on a read-only filesystem: choose a path on a writable one",
+    errno.ENOSPC: "its filesystem is full: free some space or choose a path on a larger one",
+    errno.EDQUOT: "your disk quota is used up there: free some space or choose another path",
+    errno.ENOENT: "a directory on the way does not exist: create it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.EISDIR: "it is a directory: name a file",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -27,6 +41,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "setup": host.cmd_setup, "doctor": host.cmd_doctor, "image": image.cmd_image, "bench": bench.cmd_bench,
     "exec": execute.cmd_exec, "shell": shell.cmd_shell, "repro": repro.cmd_repro, "corpus": corpus.cmd_corpus,
     "stack": cmd_stack, "kernel": kernel.cmd_kernel, "bisect-run": cmd_bisect_run,
+    "hosts": hosts.cmd_hosts,
 }  # and "run", which also takes the arguments meant for pytest
 
 
@@ -45,7 +60,17 @@ def parser() -> argparse.ArgumentParser:
     corpus.add_cli(sub)
     repro.add_cli(sub)
     shell.add_cli(sub)
+    hosts.add_cli(sub)
     return p
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError about a path: the path, what failed, and what to do."""
+    names = [os.fsdecode(p) if isinstance(p, (str, bytes, os.PathLike)) else str(p)
+             for p in (exc.filename, exc.filename2) if p is not None]
+    paths = printable(" -> ".join(names), lines=False)
+    advice = ADVICE.get(exc.errno or 0, "check the path and its permissions")
+    return f"{paths}: {exc.strerror or exc}; {advice}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             return run.cmd_run(args, extra)
         return HANDLERS[args.subcommand](args)
     except FuselabError as exc:
-        print(f"fuselab: error: {respell(str(exc), args)}", file=sys.stderr)
+        print(f"fuselab: error: {printable(respell(str(exc), args))}", file=sys.stderr)
+        return USAGE
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: a bug of the lab, shown with its traceback
+            raise
+        print(f"fuselab: error: {os_error_line(exc)}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         print("fuselab: interrupted", file=sys.stderr)

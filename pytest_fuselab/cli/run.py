@@ -35,6 +35,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    (results / ".fuselab-write-test").touch()  # unwritable: an error now, not after the whole run
+    (results / ".fuselab-write-test").unlink()
     settings = settings_from(args)
     if settings.stack is not None:  # built here, not inside the first test (and its timeout)
         base, layer = stack_build.image_inputs(recipe.load(settings.image), settings.stack, stderr_progress)

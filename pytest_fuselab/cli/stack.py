@@ -10,6 +10,7 @@ from pytest_fuselab.build.stack import build
 from pytest_fuselab.build.stack.spec import label
 from pytest_fuselab.errors import ImageError
 from pytest_fuselab.settings import resolve
+from pytest_fuselab.text import printable
 
 Progress = Callable[[str], None]
 
@@ -36,9 +37,15 @@ def versions(info: Mapping[str, object]) -> str:
 def list_layers() -> int:
     """Print one line per built layer."""
     for path in sorted(build.stacks_dir().glob("*/manifest.json")) if build.stacks_dir().exists() else []:
-        info = json.loads(path.read_text())
-        print(f"{path.parent.name}  {versions(info)}  built {info.get('built')} in {info.get('build_seconds')} s  "
-              f"from {info.get('sources')}")
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # a damaged layer is rebuilt when next used
+            print(printable(f"{path.parent.name}  UNUSABLE: {path}: {exc}", lines=False))
+            continue
+        if not isinstance(info, dict):
+            info = {}
+        print(printable(f"{path.parent.name}  {versions(info)}  built {info.get('built')} in "
+                        f"{info.get('build_seconds')} s  from {info.get('sources')}", lines=False))
     return 0
 
 
@@ -54,7 +61,7 @@ def cli(args: argparse.Namespace, progress: Progress) -> int:
     info = layer.manifest()
     units = info.get("units")
     shown = ", ".join(str(unit) for unit in units) if isinstance(units, list) else ""
-    print(f"{layer.directory}  {versions(info)}  units {shown or '-'}")
+    print(printable(f"{layer.directory}  {versions(info)}  units {shown or '-'}", lines=False))
     if args.image:
         from pytest_fuselab.build import image
         from pytest_fuselab.build import recipe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 from typing import Any
 from collections.abc import Generator
@@ -24,6 +25,7 @@ from pytest_fuselab.plugin.keys import GUESTS_KEY, LAB_KEY, OUTCOME_KEY, SETTING
 from pytest_fuselab.vm.machine import tail
 from pytest_fuselab.settings import OPTIONS, resolve
 from pytest_fuselab.judge.health import check
+from pytest_fuselab.text import printable
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,9 +95,9 @@ def _judge(item: pytest.Item, rep: pytest.TestReport, guests: list[Any]) -> None
         titles += health.titles()
         if health.damaged and not splat_ok and rep.passed:
             rep.outcome = "failed"
-            rep.longrepr = f"the test passed, but its guest did not survive it:\n{health.explain()}"
+            rep.longrepr = f"the test passed, but its guest did not survive it:\n{printable(health.explain())}"
         elif health.damaged and rep.failed:
-            rep.sections.append(("fuselab guest health", health.explain()))
+            rep.sections.append(("fuselab guest health", printable(health.explain())))
         if rep.failed or settings.keep == "all":
             _keep_artifacts(guest, rep)
     lab = item.config.stash.get(LAB_KEY, None)
@@ -105,16 +107,16 @@ def _judge(item: pytest.Item, rep: pytest.TestReport, guests: list[Any]) -> None
 
 def _keep_artifacts(guest: Any, rep: pytest.TestReport) -> None:
     rundir = guest.rundir
-    (rundir / "qemu-command.txt").write_text(" ".join(guest.machine.argv) + "\n")
+    (rundir / "qemu-command.txt").write_text(shlex.join(guest.machine.argv) + "\n")
     if guest.machine.is_running() and not guest.channel.lost:
         try:
             (rundir / "dmesg.txt").write_text(guest.run("dmesg", timeout=15, check=False).stdout)
         except Exception as exc:  # the guest may be beyond answering
             (rundir / "dmesg.txt").write_text(f"dmesg unavailable: {exc}\n")
     if rep.failed:
-        rep.sections.append(("fuselab console (last lines)", tail(guest.paths.console, 25)))
-        rep.sections.append(("fuselab artifacts", f"console, QEMU command and dmesg kept in {rundir}\n"
-                             f"QEMU: {' '.join(guest.machine.argv)}"))
+        rep.sections.append(("fuselab console (last lines)", printable(tail(guest.paths.console, 25))))
+        rep.sections.append(("fuselab artifacts", printable(f"console, QEMU command and dmesg kept in {rundir}\n"
+                                                            f"QEMU: {shlex.join(guest.machine.argv)}")))
 
 
 class Summary:

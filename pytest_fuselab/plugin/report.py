@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pytest_fuselab.text import printable
+
 MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "xfailed": "XFAIL"}
 
 
@@ -17,13 +19,15 @@ def split_nodeid(nodeid: str) -> tuple[str, str]:
 
 
 def table(results: list[dict[str, Any]], accel: str | None = None) -> list[str]:
-    rows = [("scenario", "variant", "result", "time", "kernel splats / guest / notes")]
+    """The summary's lines; splat titles come from guest consoles, so every cell is escaped."""
+    rows: list[tuple[str, ...]] = [("scenario", "variant", "result", "time", "kernel splats / guest / notes")]
     for r in results:
         scenario, variant = split_nodeid(r["nodeid"])
         result = MARK.get(r["outcome"], r["outcome"].upper())
         if r.get("when") not in (None, "call"):
             result += f" ({r['when']})"
-        rows.append((scenario, variant, result, f"{r['seconds']:.1f}s", "; ".join(r["splats"]) or "-"))
+        cells = (scenario, variant, result, f"{r['seconds']:.1f}s", "; ".join(r["splats"]) or "-")
+        rows.append(tuple(printable(cell, lines=False) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows]
     lines.insert(1, "-" * min(120, max(len(line) for line in lines)))

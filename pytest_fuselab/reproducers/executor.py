@@ -18,17 +18,18 @@ EXECUTOR_OPTS_MAX = 224  # the executor copies at most sizeof(opts) - 32 bytes o
 
 def inflate(raw: bytes | bytearray, budget: Budget, where: str) -> SparseImage:
     """Decompress a syzkaller image (a zlib stream) block by block, refusing more than the budget has left."""
-    inflater, builder, data = zlib.decompressobj(), Builder(), raw
+    inflater, builder, view = zlib.decompressobj(), Builder(), memoryview(raw)
     try:
-        while not inflater.eof:
-            chunk = inflater.decompress(data, CHUNK)
-            stuck = not chunk and len(inflater.unconsumed_tail) == len(data)
-            data = inflater.unconsumed_tail
-            if builder.size + len(chunk) > budget.left:
-                over_limit(where, None, budget.limit, budget.used)
-            builder.add(chunk)
-            if stuck:
-                break
+        for at in range(0, len(view), CHUNK):  # fed in pieces: the unconsumed input is never copied whole
+            data: bytes | memoryview = view[at:at + CHUNK]
+            while not inflater.eof:
+                chunk = inflater.decompress(data, CHUNK)
+                data = inflater.unconsumed_tail
+                if builder.size + len(chunk) > budget.left:
+                    over_limit(where, None, budget.limit, budget.used)
+                builder.add(chunk)
+                if not data and len(chunk) < CHUNK:  # a full chunk may leave more output pending
+                    break
     except zlib.error as exc:
         raise InputError(f"{where}: the image is not a valid zlib stream ({exc}); the reproducer is damaged, "
                          "get it again") from exc

@@ -141,14 +141,16 @@ IKCONFIG_MAX = 16 << 20  # the embedded config, compressed or not
 
 
 def read_kernel(path: Path, size: int) -> bytes:
-    """The first `size` bytes of the regular file `path` (opened without blocking); ValueError otherwise."""
+    """The first `size` bytes of `path`, a regular file of at most KERNEL_FILE_MAX bytes; else ValueError."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise ValueError(f"cannot read the kernel {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > KERNEL_FILE_MAX:
         os.close(fd)
-        raise ValueError(f"the kernel {path} is not a regular file: give a bzImage file or a kernel tree")
+        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else f"is over {KERNEL_FILE_MAX >> 20} MiB"
+        raise ValueError(f"the kernel {path} {what}: give a bzImage file or a kernel tree")
     with os.fdopen(fd, "rb") as f:
         return f.read(size)
 
@@ -233,7 +235,7 @@ def _between(pieces: Iterator[bytes], start: bytes, end: bytes) -> bytes | None:
             tail = data[-len(start) + 1:]
             if at < 0:
                 continue
-            found, piece, seen = bytearray(), data[at + len(start):], 0
+            found, piece = bytearray(), data[at + len(start):]
         seen = max(len(found) - len(end) + 1, 0)
         found += piece
         stop = found.find(end, seen)
@@ -246,9 +248,7 @@ def _between(pieces: Iterator[bytes], start: bytes, end: bytes) -> bytes | None:
 
 def embedded(path: Path) -> str | None:
     """The config IKCONFIG embedded in a bzImage, or None if it has none; ValueError for what is no kernel."""
-    data = read_kernel(path, KERNEL_FILE_MAX + 1)
-    if len(data) > KERNEL_FILE_MAX:
-        raise ValueError(f"{path} is larger than {KERNEL_FILE_MAX >> 20} MiB: not a bzImage")
+    data = read_kernel(path, KERNEL_FILE_MAX)
     start, offset, length = setup_header(data)
     blob = _between(decompress(memoryview(data)[start + offset:start + offset + length]), b"IKCFG_ST", b"IKCFG_ED")
     if blob is None:

@@ -23,6 +23,7 @@ from pytest_fuselab.build.stack.keys import FORMAT, source_key, tree_files
 from pytest_fuselab.build.stack.spec import Source, StackSpec
 from pytest_fuselab.cache import build_once, cache_dir
 from pytest_fuselab.errors import ImageError
+from pytest_fuselab.text import name_problem
 
 Progress = Callable[[str], None]
 LIBDIR = "lib/x86_64-linux-gnu"
@@ -246,6 +247,9 @@ def stacks_dir() -> Path:
 
 def ensure(spec: StackSpec, progress: Progress, rebuild: bool = False) -> Layer:
     """The layer for `spec`, built once (under a lock) per content key."""
+    problem = name_problem(spec.name)
+    if problem:  # parse() checks names it reads; a spec made in code is checked here
+        raise ImageError(f"stack name {problem} (it names the stack's cache directory)")
     root = buildroot.ensure(progress)
     stacks_dir().mkdir(parents=True, exist_ok=True)
     keylog = stacks_dir() / "keys.log"

@@ -8,13 +8,21 @@ work tree as it is) or `debian:PACKAGE`.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pytest_fuselab.text import name_problem, printable
+
 DEFAULT = "debian"  # the released packages: no stack is built
 COMPONENTS = {"libfuse": "fuse3", "e2fsprogs": "e2fsprogs"}  # component -> Debian source package
 INLINE_KEYS = {"name", "libfuse", "e2fsprogs", "libfuse-patches", "e2fsprogs-patches"}
+TOML_KEYS = {"name", *COMPONENTS}
+SECTION_KEYS = {"source", "ref", "patches", "options"}
+GIT_REF = re.compile(r"[^-\s\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*")  # never an option of git
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+TOML_MAX = 1 << 20  # a stack file is a few lines: more is not one
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,14 @@ def _source(component: str, value: str | None, patches: list[str] | str | None =
     origin, ref = (value, "")
     if not value.startswith("debian:") and "@" in value:
         origin, ref = value.rsplit("@", 1)
-    if not origin.startswith("debian:"):
+        if ref and not GIT_REF.fullmatch(ref):
+            raise ValueError(f"{component} ref {ref!r} is not a git revision (it may not start with '-' "
+                             "or hold spaces or control characters)")
+    if origin.startswith("debian:"):
+        if not DEBIAN_PACKAGE.fullmatch(origin.split(":", 1)[1]):
+            raise ValueError(f"{component} source {origin!r}: {origin.split(':', 1)[1]!r} is not a "
+                             "Debian source package name")
+    else:
         path = Path(origin).expanduser()
         if not path.is_dir():
             raise ValueError(f"{component} source {origin} is not a directory (give a source tree, "
@@ -101,7 +116,11 @@ def _inline(value: str) -> StackSpec:
         raise ValueError("a stack is debian, debian-source, a .toml file, or "
                          "libfuse=SRC[@REF],e2fsprogs=SRC[@REF],libfuse-patches=P,e2fsprogs-patches=P"
                          + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""))
-    return StackSpec(fields.get("name", "custom"),
+    name = fields.get("name", "custom")
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(f"stack name= {problem} (it names the stack's cache directory)")
+    return StackSpec(name,
                      _source("libfuse", fields.get("libfuse"), fields.get("libfuse-patches", [])),
                      _source("e2fsprogs", fields.get("e2fsprogs"), fields.get("e2fsprogs-patches", [])))
 
@@ -114,29 +133,72 @@ def _strings(path: Path, where: str, value: object) -> list[str]:
     return [str(item) for item in items]
 
 
-def _from_toml(path: Path) -> StackSpec:
+def _read_toml(path: Path) -> dict[str, object]:
+    """The stack file's table; ValueError naming the file when it is not a small TOML text file."""
     if not path.is_file():
-        raise ValueError(f"stack file {path} does not exist")
+        raise ValueError(f"stack file {path} does not exist (or is not a regular file)")
     try:
-        data = tomllib.loads(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(TOML_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"stack file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > TOML_MAX:
+        raise ValueError(f"stack file {path} is larger than {TOML_MAX // 1024} KiB: not a stack file")
+    try:
+        return tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"stack file {path} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"stack file {path} is not valid TOML: {exc}") from None
-    base = path.parent
+
+
+def _unknown(path: Path, table: dict[str, object], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"stack file {path}: unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(printable(k, lines=False) for k in unknown)} {where} "
+                         f"(known: {', '.join(sorted(known))})")
+
+
+def _toml_source(path: Path, component: str, section: dict[str, object]) -> Source:
+    """One component's [section] of a stack file, paths taken relative to the file."""
+    _unknown(path, section, SECTION_KEYS, f"in [{component}]")
+    for key in ("source", "ref"):
+        if section.get(key) is not None and not isinstance(section[key], str):
+            raise ValueError(f"stack file {path}: {component}.{key} must be a string")
+    src = section.get("source")
+    ref = section.get("ref")
+    assert src is None or isinstance(src, str)
+    if ref and not src:
+        raise ValueError(f"stack file {path}: {component}.ref needs {component}.source (a git repository)")
+    if src and not src.startswith("debian:"):
+        tree, at, tail = src.partition("@")
+        src = str((path.parent / tree).resolve()) + (f"@{tail}" if at else "")
+    if ref:
+        src = f"{src}@{ref}"
+    patches = [str(path.parent / p) for p in _strings(path, f"{component}.patches", section.get("patches", []))]
+    options = _strings(path, f"{component}.options", section.get("options", []))
+    try:
+        return _source(component, src, patches, options)
+    except ValueError as exc:
+        raise ValueError(f"stack file {path}: {exc}") from None
+
+
+def _from_toml(path: Path) -> StackSpec:
+    data = _read_toml(path)
+    _unknown(path, data, TOML_KEYS, "at the top")
     parts: dict[str, Source] = {}
     for component in COMPONENTS:
         section = data.get(component, {})
         if not isinstance(section, dict):
             raise ValueError(f"stack file {path}: [{component}] must be a table")
-        src = section.get("source")
-        if src is not None and not isinstance(src, str):
-            raise ValueError(f"stack file {path}: {component}.source must be a string")
-        if src and not src.startswith("debian:"):
-            tree, at, ref = src.partition("@")
-            src = str((base / tree).resolve()) + (f"@{ref}" if at else "")
-        if section.get("ref"):
-            src = f"{src}@{section['ref']}"
-        patches = [str(base / p) for p in _strings(path, f"{component}.patches", section.get("patches", []))]
-        options = _strings(path, f"{component}.options", section.get("options", []))
-        parts[component] = _source(component, src, patches, options)
-    name = data.get("name", path.stem)
-    return StackSpec(str(name), parts["libfuse"], parts["e2fsprogs"])
+        parts[component] = _toml_source(path, component, section)
+    if "name" in data:
+        name = data["name"]
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(f"stack file {path}: name {problem} (it names the stack's cache directory)")
+    else:  # the file's own name, made safe: a file may be called anything
+        name = re.sub(r"[^A-Za-z0-9._+-]", "-", path.stem).lstrip(".-+")[:64] or "stack"
+    assert isinstance(name, str)
+    return StackSpec(name, parts["libfuse"], parts["e2fsprogs"])
