@@ -292,13 +292,12 @@ def header_lines(settings: Settings) -> list[str]:
 
 def doctor_rows(settings: Settings) -> list[tuple[str, str]]:
     """For `fuselab doctor`: the stack's capabilities, probed in a guest (cached per image)."""
-    import tempfile
-
     from pytest_fuselab.lab import Lab, stderr_progress
+    from pytest_fuselab.workdirs import work_dir
 
     stack = label(settings.stack)
     try:
-        with tempfile.TemporaryDirectory(prefix="fuselab-doctor-") as tmp:
+        with work_dir("fuselab-doctor-") as tmp:  # a full or unwritable TMPDIR is a HostError
             lab = Lab(settings, Path(tmp), stderr_progress)
             caps = for_lab(lab)
             where = lab.image.directory.name

@@ -53,3 +53,13 @@ def test_same_image_same_disk_and_holes_stay_holes(tmp_path):
 def test_refuses_what_no_table_can_hold(tmp_path, image, copies):
     with pytest.raises(ValueError):
         partitions.write_disk(tmp_path / "disk.raw", image, copies)
+
+
+def test_a_sparse_image_makes_the_same_disk_as_its_bytes(tmp_path):
+    """A SparseImage (the readers' form: extents, holes never held) gives byte-identical disks."""
+    from pytest_fuselab.reproducers.sparse import SparseImage
+
+    sparse = SparseImage(5 << 20, ((4096, b"\x53\xef" * 8), ((3 << 20) + 7, b"tail")))
+    partitions.write_disk(tmp_path / "a.raw", sparse, 3)
+    partitions.write_disk(tmp_path / "b.raw", sparse.tobytes(), 3)
+    assert (tmp_path / "a.raw").read_bytes() == (tmp_path / "b.raw").read_bytes()

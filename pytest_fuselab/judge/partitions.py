@@ -12,6 +12,9 @@ import struct
 import uuid
 import zlib
 from pathlib import Path
+from typing import BinaryIO
+
+from pytest_fuselab.reproducers.sparse import SparseImage
 
 SECTOR = 512
 ALIGN = 2048  # first sector of each partition: a multiple of 1 MiB
@@ -67,15 +70,39 @@ def _protective_mbr(total: int) -> bytes:
     return bytes(mbr)
 
 
-def write_disk(path: Path, image: bytes, copies: int) -> list[tuple[int, int]]:
+def _digest(image: bytes | SparseImage) -> bytes:
+    """sha256 of the image's bytes; a sparse image is hashed extent by extent, its holes as zeros."""
+    if isinstance(image, bytes):
+        return hashlib.sha256(image).digest()
+    h, done = hashlib.sha256(), 0
+    for at, data in [*image.extents, (image.size, b"")]:
+        while done < at:
+            step = min(_CHUNK, at - done)
+            h.update(_ZEROS[:step])
+            done += step
+        h.update(data)
+        done += len(data)
+    return h.digest()
+
+
+def _write_copy(f: BinaryIO, image: bytes | SparseImage, base: int, data: list[int]) -> None:
+    if isinstance(image, SparseImage):
+        image.write_to(f, base)
+        return
+    for at in data:
+        f.seek(base + at)
+        f.write(image[at:at + _CHUNK])
+
+
+def write_disk(path: Path, image: bytes | SparseImage, copies: int) -> list[tuple[int, int]]:
     """Write a disk file at `path` with `copies` partitions, each holding `image`; return each
     partition's (byte offset, size in bytes).  Runs of zeros stay holes (a sparse file)."""
     if copies < 1 or copies > ENTRIES:
         raise ValueError(f"a GPT disk holds 1 to {ENTRIES} copies, not {copies}")
-    if not image:
+    if not len(image):
         raise ValueError("an empty image cannot be put in a partition")
     parts, total = layout(len(image), copies)
-    seed = hashlib.sha256(image).digest()
+    seed = _digest(image)
     entries = _entries(parts, seed)
     last = total - 1
     with open(path, "wb") as f:
@@ -83,11 +110,10 @@ def write_disk(path: Path, image: bytes, copies: int) -> list[tuple[int, int]]:
         f.write(_protective_mbr(total))
         f.write(_header(1, last, 2, total, entries, seed))
         f.write(entries)
-        data = [at for at in range(0, len(image), _CHUNK) if image[at:at + _CHUNK] != _ZEROS[:len(image) - at]]
+        data = [] if isinstance(image, SparseImage) else [
+            at for at in range(0, len(image), _CHUNK) if image[at:at + _CHUNK] != _ZEROS[:len(image) - at]]
         for first, _ in parts:
-            for at in data:
-                f.seek(first * SECTOR + at)
-                f.write(image[at:at + _CHUNK])
+            _write_copy(f, image, first * SECTOR, data)
         f.seek((last - ENTRY_SECTORS) * SECTOR)
         f.write(entries)
         f.write(_header(last, 1, last - ENTRY_SECTORS, total, entries, seed))

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +70,11 @@ def probe_kvm(kernel: Path, qemu: str, deadline: float = 20.0) -> str | None:
         argv = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256", "-nodefaults",
                 "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
                 "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet"]
-        return _run_probe(argv, deadline)
+        return _run_probe(argv, deadline, Path(tmp) / "probe.out")
 
 
-def _run_probe(argv: list[str], deadline: float) -> str | None:
-    with tempfile.TemporaryFile() as out:
+def _run_probe(argv: list[str], deadline: float, output: Path) -> str | None:
+    with open(output, "w+b") as out:  # in the work directory: its space and errors are the lab's
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
         start = time.monotonic()

@@ -27,7 +27,8 @@ from pytest_fuselab.vm.channel import Channel, Result, decode
 from pytest_fuselab.errors import BootError, CommandFailed, GuestError, GuestLost, GuestTimeout, MachineError
 from pytest_fuselab.guest.protocol import JudgeAnswer, JudgeSpec, ProtocolError
 from pytest_fuselab.vm.machine import Machine, Runstate, tail
-from pytest_fuselab.vm.qemu import DISK_BRIDGE, MachineSpec, RunPaths
+from pytest_fuselab.vm.qemu import DISK_BRIDGE, MachineSpec, RunPaths, load_state_uri
+from pytest_fuselab.workdirs import host_error
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())
@@ -91,7 +92,10 @@ class Guest:
         self.rundir = rundir
         # Sockets live in a short private directory: only this process may connect to them.
         sweep_socket_dirs()
-        self.sockets = Path(tempfile.mkdtemp(prefix="fuselab-"))
+        try:
+            self.sockets = Path(tempfile.mkdtemp(prefix="fuselab-"))
+        except OSError as exc:  # a full or unwritable TMPDIR
+            raise host_error(exc, Path(tempfile.gettempdir())) from exc
         self.paths = RunPaths.in_dir(rundir, ssh_port, self.sockets)
         self.machine = Machine(spec, self.paths)
         self.channel = Channel(self.paths.agent)
@@ -172,7 +176,7 @@ class Guest:
         self.machine.launch(incoming=state)
         self.channel = Channel(self.paths.agent)
         self.channel.connect()
-        self.machine.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+        self.machine.qmp("migrate-incoming", uri=load_state_uri(state))
         try:
             self._wait_incoming(start + timeout)
             self.machine.qmp("cont")  # the snapshot was taken paused
