@@ -9,14 +9,19 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
+from qemu.qmp import QMPError
+
+from pytest_fuselab import cache
 from pytest_fuselab.vm import accel
 from pytest_fuselab.build import image
 from pytest_fuselab.build import initramfs
 from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.build import recipe
 from pytest_fuselab.vm import snapshot
+from pytest_fuselab.vm.snapshot import Snapshot
 from pytest_fuselab.build.stack import build as stack
 from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.errors import BootError, FuselabError, GuestLost, GuestTimeout, MachineError
 from pytest_fuselab.guestconfig import configure_from
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm.qemu import MachineSpec, find_qemu
@@ -24,6 +29,9 @@ from pytest_fuselab.settings import Settings
 from pytest_fuselab.text import printable
 
 Progress = Callable[[str], None]
+# How a snapshot that passed its digests can still fail to restore (a QEMU that rejects the state
+# file, a guest that does not answer): set aside and made again once.
+RESTORE_FAILURES = (MachineError, GuestLost, GuestTimeout, QMPError, EOFError, ConnectionError)
 
 
 def stderr_progress(message: str) -> None:
@@ -92,16 +100,46 @@ class Lab:
         return path
 
     def guest(self, rundir: Path | None = None, ssh_port: int | None = None) -> Guest:
-        """A guest restored from the booted snapshot (about a second under TCG)."""
+        """A guest restored from the booted snapshot (about a second under TCG); a snapshot that
+        fails to restore is set aside and made again, once."""
+        rundir = rundir or self.rundir()
         snap = self.snapshot
-        guest = Guest(self.spec, rundir or self.rundir(), ssh_port)
+        identity = _identity(snap.directory)
         try:
-            guest.restore(snap.root, snap.state)
+            guest = self._restored(snap, rundir, ssh_port)
+        except RESTORE_FAILURES as exc:
+            why = f"restoring it failed: {_first_line(exc)}"
+            if _identity(snap.directory) == identity:  # says so, and that it is made again
+                cache.set_aside(snap.directory, why, self.progress)
+            else:
+                self.progress(f"snapshot {snap.directory.name}: {why}; another process has set it aside")
+            self.__dict__.pop("snapshot", None)  # the cached_property: made again on next use
+            guest = self._restored_again(self.snapshot, rundir, ssh_port)
+        try:
             configure_from(guest, self.settings)
         except BaseException:
             guest.shutdown()
             raise
         return guest
+
+    def _restored(self, snap: Snapshot, rundir: Path, ssh_port: int | None) -> Guest:
+        guest = Guest(self.spec, rundir, ssh_port)
+        try:
+            guest.restore(snap.root, snap.state)
+        except BaseException:
+            guest.shutdown()
+            raise
+        return guest
+
+    def _restored_again(self, snap: Snapshot, rundir: Path, ssh_port: int | None) -> Guest:
+        """The second restore, from a fresh snapshot: its failure is the lab's error."""
+        try:
+            return self._restored(snap, rundir, ssh_port)
+        except RESTORE_FAILURES as exc:
+            if isinstance(exc, FuselabError):
+                raise
+            raise BootError(f"restoring a freshly made snapshot {snap.directory} failed too: "
+                            f"{_first_line(exc)}") from exc
 
     def cold_guest(self, rundir: Path | None = None, ssh_port: int | None = None) -> Guest:
         """A guest booted from the base image, without the snapshot."""
@@ -114,3 +152,16 @@ class Lab:
             raise
         guest.boot_seconds = time.monotonic() - start
         return guest
+
+
+def _identity(directory: Path) -> int | None:
+    """Which directory sits at `directory` now (its inode: set aside, it keeps it elsewhere), or None."""
+    try:
+        return directory.stat().st_ino
+    except OSError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

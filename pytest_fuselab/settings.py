@@ -85,6 +85,11 @@ def _fuse_conf(value: str) -> str | None:
     return ",".join(items) or None
 
 
+def _hosts(value: str) -> Path | None:
+    """A hosts.toml path (read and checked on the controller, by pytest_fuselab.hosts.config)."""
+    return Path(value).expanduser() if value else None
+
+
 def _lines(value: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in value.splitlines() if line.strip())
 
@@ -125,6 +130,8 @@ OPTIONS = [
     Option("watchdog", "seconds without console output before a boot is called stalled", "30",
            _seconds, "SECONDS"),
     Option("command_timeout", "default seconds for one guest command", "120", _seconds, "SECONDS"),
+    Option("budget", "seconds one hostile image may take through every driver before the host stops waiting "
+           "(fuselab repro, bench, the hostile-image scenarios)", "150", _seconds, "SECONDS"),
     Option("suppress", "regexes (one per line) of kernel splat titles to ignore", "", _lines, "REGEX"),
     Option("corpus", "directory of hostile images for scenarios/hostile_images (default: a small generated one)",
            "", _directory("corpus"), "DIR"),
@@ -137,6 +144,8 @@ OPTIONS = [
            "OPTS"),
     Option("modules", "the kernel's modules: a directory filled by make modules_install INSTALL_MOD_PATH=DIR, "
            "or DIR/lib/modules/<release>", "", _directory("modules"), "DIR"),
+    Option("hosts", "spread the run over the machines of this hosts.toml (pytest-xdist workers over SSH, one per "
+           "guest slot; see `fuselab hosts`)", "", _hosts, "HOSTS_TOML"),
 ]
 
 
@@ -152,11 +161,13 @@ class Settings:
     boot_timeout: float = 180.0
     watchdog: float = 30.0
     command_timeout: float = 120.0
+    budget: float = 150.0  # seconds per hostile image (judge/containment.py)
     suppress: tuple[str, ...] = ()
     corpus: Path | None = None
     stack: StackSpec | None = None  # None: the released Debian packages
     socket_mode: str = ""
     fuse_conf: str | None = None  # None: the guest's fuse.conf as the image has it
+    hosts: Path | None = None  # None: run here
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self) -> str:

@@ -7,7 +7,10 @@ cursor, hide lines, set the window title).  `printable` shows such characters as
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
+from pathlib import Path
 
 # C0 controls but \t and \n, DEL, C1 controls (U+009B is a one-character CSI), bidirectional
 # overrides and isolates (they reorder what follows), lone surrogates (undecodable bytes of a
@@ -47,3 +50,20 @@ def name_problem(name: object) -> str | None:
         return (f"{name!r} may hold only letters, digits and . _ + - "
                 "and must start with a letter, a digit or _")
     return None
+
+
+def suffixes(paths: Iterable[Path]) -> dict[Path, str]:
+    """Each path's shortest suffix of components that no other path ends with (tests/f_a/image.gz and
+    tests/f_b/image.gz give f_a/image.gz and f_b/image.gz); keyed by the paths as given."""
+    given = list(dict.fromkeys(paths))
+    parts = {p: Path(os.path.abspath(p)).parts for p in given}
+    names: dict[Path, str] = {}
+    for path in given:
+        mine = parts[path]
+        others = [parts[p] for p in given if parts[p] != mine]
+        k = 1
+        while k < len(mine) and any(o[-k:] == mine[-k:] for o in others):
+            k += 1
+        tail = mine[-k:]
+        names[path] = tail[0] + "/".join(tail[1:]) if tail[0] == os.sep else "/".join(tail)
+    return names

@@ -21,3 +21,7 @@ def test_bench_reports_every_figure_with_its_samples():
         assert figures["samples"][key] == [figures[key]] and 0 < figures[key] < 300, key
     assert figures["reset_s"] < figures["cold_boot_s"]  # a restore is cheaper than a boot
     assert 0 < figures["images_per_min"] < 600
+    # one image whose FUSE server never answers (bench.stalling_image): its verdicts within the budget
+    assert 0 < figures["pathological_image_s"] <= figures["image_budget_s"] + 30
+    assert set(figures["pathological_verdicts"]) == set(figures["image_drivers"])
+    assert not any(cell.startswith("BREACH") for cell in figures["pathological_verdicts"].values())

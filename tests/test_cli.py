@@ -136,3 +136,65 @@ def test_main_is_the_entry_point_and_python_m_works() -> None:
     assert main is cli_main.main
     out = subprocess.run([sys.executable, "-m", "pytest_fuselab.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "bisect-run" in out.stdout
+
+
+@pytest.mark.parametrize("argv", [["run", "--results", "{file}/results"], ["corpus", "generate", "{file}/corpus"]])
+def test_a_path_that_cannot_be_written_is_one_clean_line(argv: list[str], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    assert main([a.replace("{file}", str(blocker)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fuselab: error: {blocker}/{argv[-1].split('/')[-1]}: Not a directory; a part of the path "
+                   "is a file, not a directory: choose another path\n")
+
+
+def test_oserrors_name_the_path_escaped_and_say_what_to_do(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    def full(args: argparse.Namespace) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", "/x/\x1b[2Jy")
+
+    monkeypatch.setitem(cli_main.HANDLERS, "setup", full)
+    assert main(["setup"]) == 2
+    assert capsys.readouterr().err == ("fuselab: error: /x/\\x1b[2Jy: No space left on device; its filesystem is "
+                                       "full: free some space or choose a path on a larger one\n")
+
+
+def test_oserrors_without_a_path_are_bugs_and_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        raise ConnectionResetError("peer")
+
+    monkeypatch.setitem(cli_main.HANDLERS, "setup", broken)
+    with pytest.raises(ConnectionResetError):
+        main(["setup"])
+
+
+def test_lab_errors_are_printed_with_control_characters_escaped(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def refusing(args: argparse.Namespace) -> int:
+        raise SettingError("input /tmp/\x1b]0;owned\x07.syz: line 3: bad")
+
+    monkeypatch.setitem(cli_main.HANDLERS, "setup", refusing)
+    assert main(["setup"]) == 2
+    assert capsys.readouterr().err == "fuselab: error: input /tmp/\\x1b]0;owned\\x07.syz: line 3: bad\n"
+
+
+def test_bisect_line_escapes_what_it_did_not_write() -> None:
+    from pytest_fuselab.cli.bisect import BAD, Step
+
+    line = Step(BAD, "1 failed: t.py::test_\x1b[2J", ["WARNING in \x1b]0;x\x07f"]).line("abc1234 subj\x1b[1m", 3)
+    assert "\x1b" not in line and "\x07" not in line and "\n" not in line
+    assert line.startswith("abc1234 subj\\x1b[1m  bad ")
+
+
+def test_machine_error_shows_a_command_that_runs_as_is() -> None:
+    import shlex
+
+    from pytest_fuselab.errors import MachineError
+
+    argv = ["qemu-system-x86_64", "-drive", "file=/tmp/my dir/root,,x.qcow2,format=qcow2", "-m", "1024"]
+    text = str(MachineError("QEMU exited", argv))
+    command = text.split("QEMU command: ", 1)[1].splitlines()[0]
+    assert shlex.split(command) == argv

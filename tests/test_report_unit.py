@@ -20,3 +20,11 @@ def test_table_rows_and_totals():
     assert "FAIL" in lines[3] and lines[3].endswith("WARNING in foo")
     assert "FAIL (setup)" in lines[4]
     assert lines[-1] == "1 passed, 2 failed, 0 skipped; acceleration: tcg (KVM rejected)"
+
+
+def test_table_escapes_titles_and_names_from_guests():
+    lines = table([{"nodeid": "s/t.py::test_a[k\x1b[2J]", "outcome": "failed", "seconds": 1.0,
+                    "splats": ["WARNING in \x1b]0;owned\x07f\nnext"]}])
+    assert not any("\x1b" in line or "\x07" in line for line in lines)
+    assert lines[2].endswith("WARNING in \\x1b]0;owned\\x07f\\nnext") and "k\\x1b[2J" in lines[2]
+    assert len(lines) == 4  # one line per row, whatever the title holds

@@ -49,7 +49,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace, hosts: config.HostsFile, reaches: list[ssh.Reach]) -> int:
     bundle = bundles.ensure(_say)
-    image = None if args.no_image else setup.controller_image(args.image)
+    image = None if args.no_image else setup.controller_image(args.image, _say)
     usable = []
     for reach in reaches:
         mismatch = None if reach.problem else setup.python_mismatch(reach)

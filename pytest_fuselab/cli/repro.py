@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from pytest_fuselab import capabilities
 from pytest_fuselab.cli.options import add_settings, output_file, settings_from, whole
+from pytest_fuselab.cli.progress import Progress
 from pytest_fuselab.errors import SettingError
 from pytest_fuselab.judge.drivers import DRIVERS
 from pytest_fuselab.lab import Lab
+from pytest_fuselab.judge.verdict import ERROR
 from pytest_fuselab.settings import Settings
+from pytest_fuselab.text import printable
 from pytest_fuselab.workdirs import work_dir
 
 if TYPE_CHECKING:
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 MOST_MIB = 1 << 20  # 1 TiB: more than any image a guest could take
 MOST_GUESTS = 64
 MOST_ROUNDS = 1000
+LAB_ERROR = 3  # exit status when the lab failed to judge an image (and nothing breached)
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,38 +49,118 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    """Extract the images of reproducers or image files, run each through the drivers, judge."""
+    """Extract the images of reproducers or image files, run each through the drivers, judge;
+    exit 1 on a containment breach, else 3 when the lab failed to judge something, else 0."""
     from pytest_fuselab import reproducers
-    from pytest_fuselab.judge import matrix
 
     settings = settings_from(args)  # a bad setting is refused before any file is read
+    report = Report.open(args.json, args.html)  # so is an output file that cannot be written
     items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
-    verdicts = judge(args, settings, items)
-    if args.json:
-        args.json.write_text("".join(json.dumps(v.to_json()) + "\n" for v in verdicts))
-    if args.html:
-        args.html.write_text(matrix.page(verdicts))
-        print(f"fuselab: matrix page in {args.html}")
-    print("\n".join(matrix.terminal(verdicts)))
-    if args.repeat > 1:
-        from pytest_fuselab.judge import triage
-
-        print("\n".join(triage.fire_rates(verdicts, args.repeat)))
-    breaches = [v for v in verdicts if v.verdict == "breach"]
-    print(f"{len(verdicts)} verdicts: {len(breaches)} containment breaches, "
-          f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings")
-    return 1 if breaches else 0
+    try:
+        with interrupts_as_keyboard():
+            judge(args, settings, items, report)
+    except BaseException as exc:
+        report.close(stopped="interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error")
+        raise
+    report.close()
+    verdicts = report.verdicts
+    breaches, errors = (sum(v.verdict == k for v in verdicts) for k in ("breach", ERROR))
+    print(f"{len(verdicts)} verdicts: {breaches} containment breaches, "
+          f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings, {errors} lab errors")
+    return 1 if breaches else LAB_ERROR if errors else 0
 
 
-def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted]) -> list[Verdict]:
-    """Every item through the chosen drivers, `--repeat` times, each verdict printed as it comes."""
+class Report:
+    """Where verdicts go as they come: a line each on stdout, a JSON line each (flushed), and at
+    the end (or on interruption) the matrix, per-driver summary and the HTML page."""
+
+    def __init__(self, json_path: Path | None, html: Path | None) -> None:
+        self.json_path, self.html = json_path, html
+        self.json_out: TextIO | None = None  # opened at the first verdict
+        self.verdicts: list[Verdict] = []
+        self.progress: Progress | None = None
+        self.repeat = 1
+
+    @classmethod
+    def open(cls, json_path: Path | None, html: Path | None) -> Report:
+        """Open the outputs now: one that cannot be written fails before the run, not after it."""
+        for path in (json_path, html):
+            try:
+                if path is not None:
+                    writable(path)
+            except OSError as exc:
+                raise SettingError(f"{printable(str(path), lines=False)}: cannot write the report there "
+                                   f"({exc.strerror})") from exc
+        return cls(json_path, html)
+
+    def _json(self) -> TextIO | None:
+        if self.json_out is None and self.json_path is not None:
+            self.json_out = self.json_path.open("w", encoding="utf-8")
+        return self.json_out
+
+    def said(self, v: Verdict) -> None:
+        self.verdicts.append(v)
+        out = self._json()
+        if out is not None:
+            out.write(json.dumps(v.to_json()) + "\n")
+            out.flush()
+        if self.progress is not None:
+            self.progress.verdict()
+            self.progress.say(line(v))
+        else:
+            print(line(v), flush=True)
+
+    def close(self, stopped: str = "") -> None:
+        """The end of a run, or of what was judged of it when `stopped` says why: the matrix, the
+        per-driver summary, the HTML page."""
+        from pytest_fuselab.judge import matrix, triage
+
+        if self.progress is not None:
+            self.progress.close()
+        out = self._json()
+        if out is not None:
+            out.close()
+        note = f"{stopped} after {len(self.verdicts)} verdicts" if stopped else ""
+        if self.html is not None:
+            self.html.write_text(matrix.page(self.verdicts, note=note), encoding="utf-8")
+            print(f"fuselab: matrix page in {printable(str(self.html), lines=False)}" + (f" ({note})" if note else ""))
+        if stopped:
+            return
+        print("\n".join(matrix.terminal(self.verdicts)))
+        if self.repeat > 1:
+            print("\n".join(triage.fire_rates(self.verdicts, self.repeat)))
+        print("\n".join(triage.exercised(self.verdicts)))
+
+
+def writable(path: Path) -> None:
+    """OSError unless `path` can be written (a file made to find out is removed again)."""
+    existed = path.exists()
+    with path.open("a"):
+        pass
+    if not existed:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard() -> Iterator[None]:
+    """SIGTERM (a `timeout`, a CI job cancelled) stops the run as Ctrl-C does, so what was judged is written."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted], report: Report) -> None:
+    """Every item through the chosen drivers, `--repeat` times, each verdict reported as it comes."""
     from pytest_fuselab.judge import containment
-
-    verdicts: list[Verdict] = []
-
-    def said(v: Verdict) -> None:
-        print(line(v), flush=True)
-        verdicts.append(v)
 
     with work_dir("fuselab-repro-") as tmp:
         lab = Lab(settings, Path(tmp))
@@ -83,19 +170,29 @@ def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted]) 
             missing = capabilities.of(lab).missing(DRIVERS[name].needs)
             raise SettingError(f"--driver {name}: this guest's stack cannot run it ({missing}); "
                                "use --stack with a service stack")
+        report.repeat = args.repeat
+        report.progress = progress = Progress(len(items) * args.repeat, per=len(drivers))
+        lab.progress = progress.message
         for n in range(args.repeat):
             workdir = Path(tmp) / f"round{n}"
             if args.guests > 1:
-                for v in containment.judge_images(lab, workdir, items, drivers, args.guests):
-                    said(v)
+                containment.judge_images(lab, workdir, items, drivers, args.guests, said=report.said,
+                                         watch=progress.status)
             else:
-                for _v in containment.ImageRunner(lab, workdir).run(items, drivers, said):
+                runner = containment.ImageRunner(lab, workdir, watch=progress.status)
+                for _v in runner.run(items, drivers, report.said):
                     pass
-    return verdicts
 
 
 def line(v: Verdict) -> str:
-    """One verdict as one line: verdict, driver, image, steps, server, splats, time."""
+    """One verdict as one line: outcome, driver, image, how far, steps, server, splats, time."""
+    from pytest_fuselab.judge.matrix import label
+
     steps = " ".join(f"{s.name}={s.status}" for s in v.steps)
-    return (f"{v.verdict.upper():9} {v.driver:15} {v.image}  {steps}  server:{v.server}  "
-            f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s")
+    how = v.reached or "-"
+    if v.refusal:
+        how += f" ({v.refusal})"
+    if v.hung:
+        how += f"; {v.hung}"
+    return printable(f"{label(v).upper():9} {v.driver:15} {v.image}  {how}  {steps}  server:{v.server}  "
+                     f"{'; '.join(v.splats) or '-'}  {v.seconds:.1f}s", lines=False)

@@ -24,6 +24,7 @@ but fuse2fs runs in the sandbox.  It is started once per mount: it imports littl
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -170,6 +171,9 @@ def start(fate: str, mountpoint: str, argv: list[str], stdin: int | None = None,
         os.setsid()
         for fd in (0, 1, 2):
             os.dup2(os.open("/dev/null", os.O_RDWR), fd)
+        os.closerange(3, stdin if stdin is not None else 1 << 20)  # the keeper lives as long as its server:
+        if stdin is not None:                                      # it holds nothing of its parent's (the
+            os.closerange(stdin + 1, 1 << 20)                      # judge's connection to the agent, say)
         os._exit(keep(fate, argv, log, stdin, server))
     if stdin is not None:
         os.close(stdin)
@@ -186,12 +190,14 @@ def start(fate: str, mountpoint: str, argv: list[str], stdin: int | None = None,
 
 
 def answers(mountpoint: str) -> bool:
-    """Whether the filesystem at `mountpoint` answers a stat (a FUSE server: once it serves)."""
+    """Whether the filesystem at `mountpoint` answers a stat (a FUSE server: once it serves).
+    An error is an answer too (a root inode that is not a directory gives EIO), except the
+    connection's end (the server went away: its fate tells)."""
     try:
         os.stat(mountpoint)
-        return True
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV)
+    return True
 
 
 def fuse_mount(device: str, mountpoint: str) -> int:

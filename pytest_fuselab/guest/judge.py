@@ -7,15 +7,17 @@
         request, agent.py, uses it)
 
 SPEC is a protocol.JudgeSpec, built by the host (containment.py, Driver.judge_spec); the answer
-a protocol.JudgeAnswer.  For each driver: mount, walk (readdir, stat, read every file, readlink,
-listxattr and getxattr), modify (create, write, rename, fsync, unlink), unmount, e2fsck -fn;
-each step in a child process (as the driver's user) with a deadline, its errno recorded
-(steps.py).  Then the FUSE server's fate, whether the mount could be removed, tasks stuck in D
-state (tasks.py), and the kernel log of that driver alone (kmsg.py), so the host can tell which
-driver a splat belongs to.  When a driver's kernel log matches `stop`, the remaining drivers
-are not run: the host runs them on a fresh guest.  The mounts are made in a mount namespace of
-the judge's own: systemd does not track them (a mount unit per mount costs more than the mount
-under TCG), and whatever a judge leaves mounted goes away with its namespace.
+a protocol.JudgeAnswer.  Each driver runs its course (course.py): mount, walk, modify (not
+for a read-only filesystem), unmount and the filesystem's own checker, each step in a child
+process (as the driver's user) with a deadline, watched for a hung FUSE server (stalls.py);
+then tasks stuck in D state (tasks.py), and the kernel log of that driver alone (kmsg.py), so
+the host can tell which driver a splat belongs to.  The request's `budget` bounds it all: when
+it runs out the judge stops and answers with what it has.  When a driver's kernel log matches
+`stop`, the remaining drivers are not run: the host runs them on a fresh guest.  The mounts are
+made in a mount namespace of the judge's own: systemd does not track them (a mount unit per
+mount costs more than the mount under TCG), and whatever a judge leaves mounted goes away with
+its namespace.  The answer ends with a shutdown of the connection: a FUSE server's keeper,
+forked from the judge, may hold a copy of it for as long as its server lives.
 """
 
 from __future__ import annotations
@@ -23,128 +25,30 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import os
-import pwd
 import re
+import select
+import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from pytest_fuselab.guest import fuseserver
-from pytest_fuselab.guest.fates import fate_text
+from pytest_fuselab.guest.course import detach, judge_driver
 from pytest_fuselab.guest.kmsg import KernelLog
 from pytest_fuselab.guest.protocol import (MAX_KMSG, MAX_TASK, MAX_TASKS, MAX_TEXT, DriverRecord, DriverSpec,
-                                           JudgeAnswer, JudgeSpec)
-from pytest_fuselab.guest.steps import StepFailed, command_step, in_child, modify, run, run_shell, walk
+                                           JudgeAnswer, JudgeSpec, ProtocolError, StepRecord)
 from pytest_fuselab.guest.tasks import stuck_tasks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO
 
-MNT_DETACH = 2
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 CLONE_NEWNS = 0x20000
 FIRST = {"sandbox": 0, "sh": 1, "start": 2, "exec": 3}  # the slowest mounts (systemd units) start first
-
-
-def do_mount(spec: DriverSpec) -> int:
-    kind, args = spec.mount[0], spec.mount[1:]
-    if kind == "sh":
-        run_shell(args[0])
-    if kind == "exec":
-        return run(args)
-    if kind == "start":
-        return fuseserver.start(args[0], args[1], args[2:])
-    if kind == "sandbox":
-        return fuseserver.sandbox(args[0], args[1], args[2], args[3])
-    raise StepFailed(f"unknown mount kind {kind!r}")
-
-
-# -- one driver ------------------------------------------------------------------------------
-
-def fate_of(path: str | None) -> str:
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path) as f:
-        return fate_text(json.load(f))
-
-
-def prepare(spec: DriverSpec) -> None:
-    os.makedirs(spec.mountpoint, exist_ok=True)
-    os.makedirs(fuseserver.STATE, exist_ok=True)
-    os.chmod(fuseserver.STATE, 0o1777)
-    if spec.fate:
-        fuseserver.prepare(spec.fate)
-    if spec.user:
-        account = pwd.getpwnam(spec.user)
-        os.chown(spec.mountpoint, account.pw_uid, account.pw_gid)
-
-
-def wait_for_fate(path: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def unit_fate(journal: str) -> str:
-    """How the last instance in `journal` (systemd's words about a unit's instances) ended."""
-    record = fuseserver.systemd_fate(journal)
-    if record:
-        return fate_text(record)
-    return "exit status 0" if "Deactivated successfully" in journal else ""
-
-
-def service_fate(units: str, since: float) -> str:
-    """The fate of a service-mode server (an instance of `units`, owned by systemd) started
-    after `since`, from the journal (which may hear of the end a moment after the process went)."""
-    deadline = time.monotonic() + 3
-    while True:
-        journal = subprocess.run(["journalctl", "-q", "--no-pager", "-o", "cat", f"--since=@{int(since) - 1}",
-                                  "-u", units], capture_output=True, text=True).stdout
-        fate = unit_fate(journal)
-        if fate or time.monotonic() > deadline:
-            return fate
-        time.sleep(0.2)
-
-
-def judge_driver(spec: DriverSpec, deadlines: dict[str, float]) -> DriverRecord:
-    """Every step of one driver; the record the host turns into a Verdict."""
-    mnt, user, fate = spec.mountpoint, spec.user, spec.fate
-    record = DriverRecord(name=spec.name)
-    steps, began = record.steps, time.time()
-    prepare(spec)
-    if spec.mount[0] == "exec":
-        steps.append(command_step("mount", deadlines["mount"], user, spec.mount[1:]))
-    else:
-        steps.append(in_child("mount", deadlines["mount"], user, do_mount, spec))
-    if steps[-1].status != 0:
-        record.server = fate_of(fate) or (spec.units and service_fate(spec.units, began)) or "-"
-        return record
-    for name, fn in (("walk", walk), ("modify", modify)):
-        steps.append(in_child(name, deadlines[name], user, fn, mnt))
-        ended = fate_of(fate) if record.server == "-" else ""
-        if ended:
-            record.server = f"{ended} during {name}"
-    unmount = command_step("unmount", deadlines["unmount"], user, spec.unmount)
-    if unmount.status == 0 and fate and not wait_for_fate(fate, deadlines["unmount"]):
-        unmount.status = 1
-        unmount.said += f"\njudge: the server had not exited {deadlines['unmount']} s after the unmount"
-    if fuseserver.is_mounted(mnt):
-        record.stuck_mount = True
-        ctypes.CDLL(None, use_errno=True).umount2(mnt.encode(), MNT_DETACH)
-    steps.append(unmount)
-    if fate and record.server == "-":
-        record.server = fate_of(fate) or "still running after the unmount"
-    elif spec.units:  # the unmount step waited for the instance to go
-        record.server = service_fate(spec.units, began) or "-"
-    steps.append(command_step("fsck", deadlines["fsck"], None, ["e2fsck", "-fn", spec.device]))
-    return record
+GRACE = 15.0  # seconds past the budget before a driver's process is killed (together)
 
 
 # -- every driver ----------------------------------------------------------------------------
@@ -159,38 +63,78 @@ def facts(stuck: list[str], kmsg: str) -> tuple[list[str], str]:
     return [task[:MAX_TASK] for task in stuck[:MAX_TASKS]], kmsg[:MAX_KMSG]
 
 
-def judge_alone(driver: DriverSpec, deadlines: dict[str, float], out: IO[bytes]) -> None:
-    """In a child of judge_together: one driver's record, written to `out`."""
+def judge_alone(driver: DriverSpec, spec: JudgeSpec, until: float, out: IO[bytes]) -> None:
+    """In a child of judge_together: one driver's record, written to `out` as it goes (so that
+    the parent, if it must kill us past the budget, still has the steps run and the one running)."""
+    def save(record: DriverRecord) -> None:
+        out.seek(0)
+        out.truncate()
+        out.write(json.dumps(record.to_json()).encode())
+        out.flush()
+
     start = time.monotonic()
     try:
-        record = judge_driver(driver, deadlines)
+        record = judge_driver(driver, spec.deadlines, until, spec.stall, save)
         record.seconds = round(time.monotonic() - start, 2)
     except BaseException as exc:  # noqa: BLE001 (reported as this driver's failure)
         record = DriverRecord(name=driver.name, error=failure(exc))
-    out.write(json.dumps(record.to_json()).encode())
-    out.flush()
+    save(record)
 
 
-def judge_together(drivers: list[DriverSpec], deadlines: dict[str, float]) -> list[DriverRecord]:
-    """Every driver at once, each in a process of its own (on its own disk and mountpoint)."""
+def judge_together(spec: JudgeSpec, until: float) -> list[DriverRecord]:
+    """Every driver at once, each in a process of its own (on its own disk and mountpoint); one
+    still running GRACE seconds past the budget is killed and its record so far taken."""
+    drivers = spec.drivers
     outputs, pids = [tempfile.TemporaryFile() for _ in drivers], [0] * len(drivers)
     for i in sorted(range(len(drivers)), key=lambda i: FIRST.get(drivers[i].mount[0], 9)):
         pid = os.fork()
         if pid == 0:
             try:
-                judge_alone(drivers[i], deadlines, outputs[i])
+                judge_alone(drivers[i], spec, until, outputs[i])
             finally:
                 os._exit(0)
         pids[i] = pid
     records = []
     for driver, pid, output in zip(drivers, pids, outputs, strict=True):
-        os.waitpid(pid, 0)
+        killed = not wait_until(pid, until + GRACE)
         output.seek(0)
-        said = output.read()
-        records.append(DriverRecord.from_json(json.loads(said)) if said else
-                       DriverRecord(name=driver.name, error="no record"))
+        records.append(record_of(driver, output.read(), killed))
         output.close()
     return records
+
+
+def wait_until(pid: int, until: float) -> bool:
+    """Wait for child `pid` until `until` (monotonic); past it, kill it; whether it ended by itself."""
+    fd = os.pidfd_open(pid)
+    try:
+        ended = bool(select.select([fd], [], [], max(0.0, min(until - time.monotonic(), 7 * 86400)))[0])
+        if not ended:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return ended
+    finally:
+        os.close(fd)
+
+
+def record_of(driver: DriverSpec, said: bytes, killed: bool) -> DriverRecord:
+    """The record a driver's process left (partial when it was `killed`)."""
+    try:
+        record = DriverRecord.from_json(json.loads(said)) if said else DriverRecord(name=driver.name, error="no record")
+    except (ValueError, ProtocolError) as exc:
+        record = DriverRecord(name=driver.name, error=f"a record the judge cannot read: {exc}"[:MAX_TEXT])
+    if killed:
+        detach(driver.mountpoint)
+        for step in record.steps:
+            if step.status == -1 and not step.seconds:
+                step.said = "judge: the request's budget ran out during this step (killed)"
+    return record
+
+
+def unstarted(driver: DriverSpec) -> DriverRecord:
+    """A driver the budget left no time for: every step recorded as timed out."""
+    names = [n for n in ("mount", "walk", "modify", "unmount", "fsck") if not (n == "modify" and driver.readonly)]
+    return DriverRecord(name=driver.name, steps=[StepRecord(n, -1, "judge: the request's budget ran out before "
+                                                               "this driver started", 0.0) for n in names])
 
 
 def own_mount_namespace() -> None:
@@ -205,18 +149,22 @@ def own_mount_namespace() -> None:
 def judge(spec: JudgeSpec) -> JudgeAnswer:
     """The answer to one SPEC: every driver's record, and in `together` mode what hurt."""
     stop = re.compile(spec.stop or r"(?!)", re.M)
+    until = time.monotonic() + spec.budget if spec.budget else math.inf
     own_mount_namespace()
     log = KernelLog()
     if spec.together and len(spec.drivers) > 1:
-        records = judge_together(spec.drivers, spec.deadlines)
+        records = judge_together(spec, until)
         stuck, kmsg = stuck_tasks(), log.read()
         hurt = bool(stuck or stop.search(kmsg) or any(r.error for r in records))
         stuck, kmsg = facts(stuck, kmsg)
         return JudgeAnswer(verdicts=records, together=True, hurt=hurt, stuck=stuck, kmsg=kmsg)
     verdicts = []
     for driver in spec.drivers:
+        if time.monotonic() >= until:
+            verdicts.append(unstarted(driver))
+            continue
         start = time.monotonic()
-        record = judge_driver(driver, spec.deadlines)
+        record = judge_driver(driver, spec.deadlines, until, spec.stall)
         stuck, kmsg = stuck_tasks(), log.read()
         record.stuck, record.kmsg = facts(stuck, kmsg)
         record.seconds = round(time.monotonic() - start, 2)
@@ -240,6 +188,7 @@ def answer(conn: socket.socket) -> None:
     except Exception as exc:  # noqa: BLE001 (the host shows it as the judge's failure)
         reply = JudgeAnswer(error=failure(exc))
     conn.sendall(json.dumps(reply.to_json()).encode())
+    conn.shutdown(socket.SHUT_WR)  # the end of the answer, even while a process forked from us holds `conn`
 
 
 def serve(path: str) -> None:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 STEPS = ("mount", "walk", "modify", "unmount", "fsck")  # what the judge runs for a driver, in order
+# How far a driver got: refused at mount, or the last step of an unbroken run of steps that each
+# ran to its end ("" when the mount itself never ended); see DriverRecord.reached.
+REACHED = ("", "refused", "mounted", "walked", "modified", "unmounted", "checked")
 MAX_DRIVERS = 64  # drivers in one call (a guest holds 56 disks)
 MAX_NAME = 64  # names: driver, user, server, signal, errno, systemd units
 MAX_PATH = 4096
@@ -36,6 +39,7 @@ MAX_TASKS = 10000  # tasks in D state
 MAX_TASK = 256  # one task, "comm[pid]"
 MAX_SECONDS = 7 * 86400.0
 MAX_PID = 1 << 22  # the kernel's PID_MAX_LIMIT
+MAX_COUNT = 1 << 31  # a walk's counts
 MOUNT_KINDS = {"sh": (1, 1), "exec": (1, MAX_ARGS), "start": (3, MAX_ARGS), "sandbox": (4, 4)}  # arguments
 
 
@@ -170,6 +174,9 @@ class DriverSpec:
     user: str | None = None  # run every step but fsck as this account
     fate: str | None = None  # where the keeper writes the FUSE server's fate
     units: str | None = None  # systemd's instances of a service-mode server (their journal tells its fate)
+    fstype: str = ""  # the kernel's mount type ("" = ext4), named in the judge's words
+    readonly: bool = False  # a read walk only: no modify step
+    checker: list[str] = field(default_factory=list)  # the filesystem's checker, the device appended; [] = none
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -186,7 +193,8 @@ class DriverSpec:
         return cls(name=_text(*get("name"), MAX_NAME), device=_text(*get("device"), MAX_PATH),
                    mountpoint=_text(*get("mountpoint"), MAX_PATH), mount=mount, unmount=_command(*get("unmount")),
                    user=_maybe_text(*get("user", None), MAX_NAME), fate=_maybe_text(*get("fate", None), MAX_PATH),
-                   units=_maybe_text(*get("units", None), MAX_NAME))
+                   units=_maybe_text(*get("units", None), MAX_NAME), fstype=_text(*get("fstype", ""), MAX_NAME),
+                   readonly=_flag(*get("readonly", False)), checker=_texts(*get("checker", []), MAX_ARGS, MAX_ARG))
 
 
 @dataclass
@@ -197,6 +205,8 @@ class JudgeSpec:
     deadlines: dict[str, float] = field(default_factory=dict)  # seconds, for every step of STEPS
     stop: str = ""  # a driver's kernel log matching this (a splat) stops a batch run one by one
     together: bool = False  # every driver at once, each in a process of its own
+    budget: float = 0  # seconds for the whole request (0: none); then the judge stops and answers
+    stall: float = 12  # seconds a step may wait on a FUSE server without progress (0: no watch)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -214,7 +224,8 @@ class JudgeSpec:
             re.compile(stop)
         except re.error as exc:
             raise ProtocolError(get.at("stop"), f"not a regular expression: {exc}") from None
-        return cls(drivers=drivers, deadlines=deadlines, stop=stop, together=_flag(*get("together", False)))
+        return cls(drivers=drivers, deadlines=deadlines, stop=stop, together=_flag(*get("together", False)),
+                   budget=_number(*get("budget", 0), 0.0, MAX_SECONDS), stall=_number(*get("stall", 12), 0.0, MAX_SECONDS))
 
 
 # -- guest to host: what happened -----------------------------------------------------------
@@ -254,6 +265,13 @@ class DriverRecord:
     kmsg: str = ""  # the kernel's log while this driver ran
     seconds: float = 0.0
     error: str = ""
+    reached: str = ""  # one of REACHED: how far the driver got
+    refusal: str = ""  # when refused: the first meaningful line of the refusal and its exit status
+    entries: int = 0  # the walk's entries seen
+    files: int = 0  # the walk's files read
+    walk_errors: int = 0  # the walk's failed calls
+    hung: str = ""  # "server hung during walk (connection aborted)"
+    livelock: str = ""  # a task that never returned from a step, not in D state, with its kernel stack
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -262,7 +280,14 @@ class DriverRecord:
     def from_json(cls, data: object, where: str = "") -> DriverRecord:
         get = _Object(data, where, _fields(cls))
         steps, at = get("steps")
-        return cls(name=_text(*get("name"), MAX_NAME),
+        reached = _text(*get("reached", ""), MAX_NAME)
+        if reached not in REACHED:
+            raise ProtocolError(get.at("reached"), f"{reached!r} is not one of {', '.join(REACHED[1:])} or ''")
+        return cls(reached=reached, refusal=_text(*get("refusal", ""), MAX_SAID),
+                   entries=_integer(*get("entries", 0), 0, MAX_COUNT), files=_integer(*get("files", 0), 0, MAX_COUNT),
+                   walk_errors=_integer(*get("walk_errors", 0), 0, MAX_COUNT), hung=_text(*get("hung", ""), MAX_SAID),
+                   livelock=_text(*get("livelock", ""), MAX_TEXT),
+                   name=_text(*get("name"), MAX_NAME),
                    steps=[StepRecord.from_json(s, f"{at}[{i}]") for i, s in enumerate(_list(steps, at, len(STEPS)))],
                    server=_text(*get("server"), MAX_TEXT), stuck_mount=_flag(*get("stuck_mount")),
                    stuck=_texts(*get("stuck"), MAX_TASKS, MAX_TASK), kmsg=_text(*get("kmsg"), MAX_KMSG),

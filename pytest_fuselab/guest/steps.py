@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import pwd
+import re
 import select
 import signal
 import stat
@@ -19,16 +21,34 @@ import tempfile
 import time
 
 from pytest_fuselab.guest.protocol import StepRecord
+from pytest_fuselab.guest.stalls import TICK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO, NoReturn, TypeVar
 
+    from pytest_fuselab.guest.stalls import Watch
+
     T = TypeVar("T")
 
 WALK_ENTRIES, WALK_FILES, READ_LIMIT = 5000, 2000, 64 << 20
 SAID = 300  # the end of a step's output kept in its record
+_told: list[int] = []  # in a step's child: the fd its facts go to (tell)
+NOISE = re.compile(r"warning|mount failed due to unrecognized options|fuseserver: |judge: |dmesg\(1\) may have"
+                   r"|there may be file system corruption|the file system is not gracefully", re.I)  # explain nothing
+
+
+def tell(**facts: object) -> None:
+    """In a step's child: hand `facts` to the judge (in_child returns them in `told`)."""
+    if _told:
+        os.write(_told[0], (json.dumps(facts) + "\n").encode())
+
+
+def first_words(text: str) -> str:
+    """The first line of `text` that says something: a refusal's cause rather than its last, generic words."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if not NOISE.match(line) and "journal" not in line), lines[0] if lines else "")
 
 
 class StepFailed(Exception):
@@ -143,6 +163,7 @@ def walk(top: str) -> int:
     while tour.dirs and tour.seen < WALK_ENTRIES:
         tour.directory(tour.dirs.pop())
     print(f"judge: walked {tour.seen} entries, read {tour.files} files, {len(tour.errors)} errors")
+    tell(entries=tour.seen, files=tour.files, walk_errors=len(tour.errors))
     if tour.errors:
         for error in tour.errors[:5]:
             print(f"judge: {error}", file=sys.stderr)
@@ -185,15 +206,18 @@ def drop_to(user: str) -> None:
     os.environ.update(HOME=account.pw_dir, USER=user, LOGNAME=user)
 
 
-def in_child(name: str, deadline: float, user: str | None, fn: Callable[..., object], *args: object) -> StepRecord:
-    """Run fn(*args) in a child (as `user`) with `deadline` seconds; return the step record."""
+def in_child(name: str, deadline: float, user: str | None, fn: Callable[..., object], *args: object,
+             watch: Watch | None = None, told: dict[str, object] | None = None) -> StepRecord:
+    """Run fn(*args) in a child (as `user`) with `deadline` seconds, under `watch`; return the step
+    record, and what the child told (tell) in `told`."""
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err_name:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as facts:
         pid = os.fork()
         if pid == 0:
             code: object = 1
             try:
                 os.setsid()
+                _told[:] = [facts.fileno()]
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
                 sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -203,32 +227,54 @@ def in_child(name: str, deadline: float, user: str | None, fn: Callable[..., obj
                 code = fn(*args) or 0
             except StepFailed as exc:
                 print(f"judge: {name}: {exc}", file=sys.stderr)
-                os.write(err_name.fileno(), exc.errno.encode())
+                tell(errno=exc.errno)
             except BaseException as exc:  # noqa: BLE001 (whatever happens is the step's result)
                 print(f"judge: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code if isinstance(code, int) else 1)
-        status, note = reap(pid, deadline)
-        err_name.seek(0)
-        return step_record(name, status, out, note, err_name.read().decode(), start)
+        status, note = reap(pid, deadline, watch)
+        heard = read_facts(facts)
+        if told is not None:
+            told.update(heard)
+        return step_record(name, status, out, note, str(heard.get("errno", "")), start, told)
 
 
-def step_record(name: str, status: int, out: IO[bytes], note: str, errno_name: str, start: float) -> StepRecord:
-    """The record of a step that ended with `status`, its output in the file `out`."""
+def read_facts(facts: IO[bytes]) -> dict[str, object]:
+    """What a step's child told, one JSON object a line (later lines win)."""
+    facts.seek(0)
+    heard: dict[str, object] = {}
+    for line in facts.read(1 << 16).splitlines():
+        try:
+            said = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(said, dict):
+            heard.update(said)
+    return heard
+
+
+def step_record(name: str, status: int, out: IO[bytes], note: str, errno_name: str, start: float,
+                told: dict[str, object] | None = None) -> StepRecord:
+    """The record of a step that ended with `status`, its output in the file `out` (its first
+    meaningful line goes to `told`: a refusal's words)."""
     out.seek(0)
-    said = f"{out.read().decode(errors='replace').strip()}\n{note}".strip()
+    text = out.read(1 << 20).decode(errors="replace")
+    if told is not None:
+        told["first"] = first_words(text)[:SAID]
+    said = f"{text.strip()}\n{note}".strip()
     return StepRecord(name=name, status=status, said=said[-SAID:], errno=errno_name,
                       seconds=round(time.monotonic() - start, 2))
 
 
-def command_step(name: str, deadline: float, user: str | None, command: str | list[str]) -> StepRecord:
+def command_step(name: str, deadline: float, user: str | None, command: str | list[str],
+                 watch: Watch | None = None, told: dict[str, object] | None = None) -> StepRecord:
     """A step that runs `command` (a shell string or an argv): as root, an argv is spawned
     without copying the judge (posix_spawn; a fork of Python costs tens of milliseconds of
     page-table copying and faults under TCG), otherwise in a child like any other step."""
     if user or isinstance(command, str) or (command[0] == "umount" and len(command) == 2):
-        return in_child(name, deadline, user, run, command)
+        return in_child(name, deadline, user, run, command, watch=watch, told=told)
     start = time.monotonic()
     with tempfile.TemporaryFile() as out:
         actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -239,16 +285,26 @@ def command_step(name: str, deadline: float, user: str | None, command: str | li
             failed = StepFailed(f"cannot run {command[0]}", exc)
             return StepRecord(name=name, status=1, said=f"judge: {name}: {failed}", errno=failed.errno,
                               seconds=round(time.monotonic() - start, 2))
-        status, note = reap(pid, deadline)
-        return step_record(name, status, out, note, "", start)
+        status, note = reap(pid, deadline, watch)
+        return step_record(name, status, out, note, "", start, told)
 
 
-def reap(pid: int, deadline: float) -> tuple[int, str]:
-    """The child's exit status, or -1 once it outlived `deadline` (it is then killed)."""
+def reap(pid: int, deadline: float, watch: Watch | None = None) -> tuple[int, str]:
+    """The child's exit status, or -1 once it outlived `deadline` (it is then killed); `watch`
+    looks at it every TICK seconds meanwhile, and once more at the deadline."""
     fd = os.pidfd_open(pid)
+    until = time.monotonic() + deadline
     try:
-        if select.select([fd], [], [], deadline)[0]:
-            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), ""
+        while True:
+            left = until - time.monotonic()
+            if select.select([fd], [], [], max(0.0, min(left, TICK if watch else left)))[0]:
+                return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), ""
+            if left <= 0:
+                break
+            if watch:
+                watch.tick(pid)
+        if watch:
+            watch.overdue(pid)
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -83,12 +83,9 @@ def ship_image(conn: object, reach: Reach, image: images.Image, progress: Progre
     return [f"sent image {image.directory.name}"]
 
 
-def controller_image(recipe_name: str) -> images.Image:
-    """The controller's newest whole image of the recipe; hosts get exactly this one."""
-    built = images.latest_built(recipes.load(recipe_name))
-    if built is None:
-        raise HostError(f"no built image of recipe {recipe_name!r} here to send: run `fuselab image build` first")
-    return built
+def controller_image(recipe_name: str, progress: Progress) -> images.Image:
+    """The image the controller itself would boot now (built here first if needed): hosts get exactly this one."""
+    return images.ensure(recipes.load(recipe_name), progress)
 
 
 def setup_host(hosts: HostsFile, reach: Reach, bundle: bundles.Bundle, image: images.Image | None,

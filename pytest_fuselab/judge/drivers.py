@@ -1,4 +1,5 @@
-"""Filesystem drivers a scenario can mount an ext4 disk with, inside a guest."""
+"""Filesystem drivers a scenario can mount a disk with, inside a guest: the kernel's (any
+filesystem of filesystems.py) and FUSE servers (ext2/3/4 only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from pytest_fuselab.errors import CommandFailed, GuestError
 from pytest_fuselab.guest.protocol import DriverSpec, ServerFate
+from pytest_fuselab.judge.filesystems import FILESYSTEMS, lookup
 from pytest_fuselab.vm.channel import Result
 from pytest_fuselab.vm.guest import Guest
 
@@ -84,8 +86,10 @@ class Driver:
             return f"{self._umount(mountpoint)} && {FUSESERVER} wait --fate {fate_path(mountpoint)}"
         return self._umount(mountpoint)
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
-        """What the guest's judge (guest/judge.py) needs to run this driver on `device`."""
+    def judge_spec(self, device: str, mountpoint: str, options: str = "", fstype: str = "") -> DriverSpec:
+        """What the guest's judge (guest/judge.py) needs to run this driver on `device`, an image
+        of `fstype` ("" or ext*: ext4; other types for the kernel driver only, see filesystems.py)."""
+        fs = lookup("" if self.fuse else fstype) or FILESYSTEMS["ext4"]
         fate = fate_path(mountpoint) if self.kept else None
         if self.sandboxed:
             mount: list[str] = ["sandbox", fate_path(mountpoint), device, mountpoint, options]
@@ -93,13 +97,14 @@ class Driver:
             mount = ["start", fate_path(mountpoint), mountpoint, *self.server_argv(device, mountpoint, options)]
         elif self.service:
             mount = ["sh", self.mount_command(device, mountpoint, options)]
-        else:  # kernel ext4: the mount command itself, no shell
-            mount = ["exec", "mount", "-t", "ext4", *(["-o", options] if options else []), device, mountpoint]
+        else:  # the kernel's driver: the mount command itself, no shell, no mount.TYPE helper (-i)
+            options = fs.mount_options(options)
+            mount = ["exec", "mount", "-i", "-t", fs.name, *(["-o", options] if options else []), device, mountpoint]
         unmount: str | list[str] = self._umount(mountpoint)  # a shell command, or an argv the judge runs
         if not self.service:
             unmount = ["fusermount3", "-u", mountpoint] if self.user else ["umount", mountpoint]
         return DriverSpec(name=self.name, device=device, mountpoint=mountpoint, user=self.user, mount=mount,
-                          unmount=unmount, fate=fate,
+                          unmount=unmount, fate=fate, fstype=fs.name, readonly=fs.readonly, checker=list(fs.checker),
                           units=f"{self.server}@*" if self.service else None)  # systemd's instances: their fate
 
     def server_log(self, guest: Guest, mountpoint: str, lines: int = 40) -> str:

@@ -39,6 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(opt.ini, text, type="string", default="")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    from pytest_fuselab.hosts import distribute
+
+    distribute.configure(config)  # --fuselab-hosts: xdist workers over SSH (nothing on workers, nothing without)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuselab_guest: the test runs in a real QEMU guest (set automatically)")
     config.addinivalue_line("markers", "fuselab_splat_ok: the test expects kernel splats; they do not fail it")
@@ -68,10 +75,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines + header_lines(settings)
 
 
+PAIR_GROUP = "fuselab-guest-pair"  # xdist_group of tests that need two guests at once
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's (on workers) turns xdist_group marks into the nodeid suffix
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if {"fuselab_guest", "fuselab_guest_pair", "fuselab_module_guest"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"fuselab_guest", "fuselab_guest_pair", "fuselab_module_guest"} & fixtures:
             item.add_marker(pytest.mark.fuselab_guest)
+        if {"fuselab_guest_pair", "fuselab_shared_disk"} & fixtures and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(PAIR_GROUP))  # --dist loadgroup: one worker runs them in turn
 
 
 @pytest.hookimpl(wrapper=True)
@@ -107,6 +121,7 @@ def _judge(item: pytest.Item, rep: pytest.TestReport, guests: list[Any]) -> None
 
 def _keep_artifacts(guest: Any, rep: pytest.TestReport) -> None:
     rundir = guest.rundir
+    rep.user_properties.append(("fuselab_artifacts", str(rundir)))  # a --fuselab-hosts controller copies it back
     (rundir / "qemu-command.txt").write_text(shlex.join(guest.machine.argv) + "\n")
     if guest.machine.is_running() and not guest.channel.lost:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from qemu.qmp import ExecuteError
+from qemu.qmp import ExecuteError, QMPError
 
 from pytest_fuselab import proc
 from pytest_fuselab.judge import splats
@@ -100,6 +101,8 @@ class Guest:
         self.machine = Machine(spec, self.paths)
         self.channel = Channel(self.paths.agent)
         self.disks: list[Disk] = []
+        self.unplugging: list[Disk] = []  # device_del sent; blockdev-del once the guest let go (reap_unplugged)
+        self._disk_numbers = itertools.count(1)  # disk names stay unique when disks are unplugged
         self.boot_seconds = 0.0
         self.killed = False  # killed on purpose by a test: its loss is not a verdict
 
@@ -222,11 +225,14 @@ class Guest:
             raise CommandFailed(result)
         return result
 
-    def judge(self, spec: JudgeSpec | dict[str, Any], timeout: float) -> JudgeAnswer | None:
+    def judge(self, spec: JudgeSpec | dict[str, Any], timeout: float, wait: float | None = None) -> JudgeAnswer | None:
         """The guest's judge's answer to `spec` (guest/judge.py), checked field by field, or None
-        past `timeout`; GuestError, naming the field, when the answer breaks the protocol."""
+        past `timeout` (the agent kills the judge then); GuestTimeout when the agent itself stays
+        silent for `wait` seconds (default timeout + 30); GuestError, naming the field, when the
+        answer breaks the protocol."""
         asked = spec if isinstance(spec, JudgeSpec) else JudgeSpec.from_json(spec)
-        reply = self.channel.request("judge", wait=timeout + 30, spec=asked.to_json(), timeout=timeout)
+        reply = self.channel.request("judge", wait=timeout + 30 if wait is None else wait, spec=asked.to_json(),
+                                     timeout=timeout)
         if reply.get("timed_out") is True:
             return None
         try:
@@ -285,13 +291,13 @@ class Guest:
                     shared: bool = False, block_size: int | None = None, timeout: float = 30) -> Disk:
         """Hot-plug `host_path` as a virtio disk and return it once the guest sees it.
         `block_size` sets the logical and physical sector size the guest sees (512, 4096)."""
-        name = name or f"disk{len(self.disks) + 1}"
+        name = name or f"disk{next(self._disk_numbers)}"
         self._plug(host_path, fmt, name, shared, block_size)
         return self._seen(host_path, name, timeout)
 
     def attach_disks(self, host_paths: list[Path], fmt: str = "raw", timeout: float = 30) -> list[Disk]:
         """Hot-plug several disks at once (the guest probes them together)."""
-        names = [f"disk{len(self.disks) + 1 + i}" for i in range(len(host_paths))]
+        names = [f"disk{next(self._disk_numbers)}" for _ in host_paths]
         for path, name in zip(host_paths, names, strict=True):
             self._plug(path, fmt, name, False, None)
         return [self._seen(path, name, timeout) for path, name in zip(host_paths, names, strict=True)]
@@ -303,7 +309,7 @@ class Guest:
 
     def plug_partitioned(self, host_path: Path) -> Disk:
         """Hot-plug `host_path` without waiting for the guest to see it (see partitions_of)."""
-        disk = Disk(f"disk{len(self.disks) + 1}", host_path, "", 0)
+        disk = Disk(f"disk{next(self._disk_numbers)}", host_path, "", 0)
         self._plug(host_path, "raw", disk.name, False, None)
         self.disks.append(disk)
         return disk
@@ -341,6 +347,35 @@ class Guest:
         disk = Disk(name, host_path, reply["path"], int(size))
         self.disks.append(disk)
         return disk
+
+    def unplug(self, disk: Disk) -> None:
+        """Hot-unplug a disk plugged by attach_*/plug_partitioned (not one of its partitions): QMP
+        device_del now; its block node goes (blockdev-del) once the guest has let the device go,
+        in reap_unplugged, which this calls.  Its PCI slot counts in `disks` until then."""
+        if disk not in self.disks or disk in self.unplugging:
+            return
+        try:
+            self.machine.qmp("device_del", id=f"{disk.name}-dev")
+        except (QMPError, MachineError, OSError, EOFError) as exc:  # gone already, or QEMU is
+            log.debug("device_del %s: %s", disk.name, exc)
+            return
+        self.unplugging.append(disk)
+        self.reap_unplugged()
+
+    def reap_unplugged(self) -> list[Disk]:
+        """The disks whose device the guest has released: their block nodes deleted, out of `disks`."""
+        gone: list[Disk] = []
+        for disk in list(self.unplugging):
+            try:
+                self.machine.qmp("blockdev-del", **{"node-name": disk.name})
+            except ExecuteError:  # the guest has not finished ejecting the device yet
+                continue
+            except (QMPError, MachineError, OSError, EOFError):
+                return gone
+            self.unplugging.remove(disk)
+            self.disks.remove(disk)
+            gone.append(disk)
+        return gone
 
     # -- stopping ---------------------------------------------------------------------------
 
