@@ -7,7 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -151,8 +152,8 @@ def test_the_guests_judge_gets_the_images_budget_less_the_hosts_margins(tmp_path
     spec, timeout, wait = lab.guests[0].asked[0]
     assert 80 <= timeout <= 100 - containment.HEALTH_RESERVE - containment.CHANNEL_MARGIN
     assert wait == pytest.approx(timeout + containment.CHANNEL_MARGIN)
-    assert getattr(spec, "budget") == pytest.approx(timeout - containment.GUEST_MARGIN, abs=0.1)
-    assert max(spec.deadlines.values()) <= getattr(spec, "budget") + 0.1  # no step may outlast the image
+    assert spec.budget == pytest.approx(timeout - containment.GUEST_MARGIN, abs=0.1)
+    assert max(spec.deadlines.values()) <= spec.budget + 0.1  # no step may outlast the image
     assert [v.verdict for v in verdicts] == ["clean", "contained", "contained", "contained"]
     assert {v.reached for v in verdicts} == {"checked"}
 

@@ -15,6 +15,7 @@ from pytest_fuselab.cli.options import add_settings, output_file, settings_from,
 from pytest_fuselab.cli.progress import Progress
 from pytest_fuselab.errors import SettingError
 from pytest_fuselab.judge.drivers import DRIVERS
+from pytest_fuselab.judge import program
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.judge.verdict import ERROR
 from pytest_fuselab.settings import Settings
@@ -45,6 +46,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.add_argument("--html", type=output_file, help="write the images x drivers matrix as a self-contained HTML page")
     rp.add_argument("--size-limit", type=whole(1, MOST_MIB), default=512,
                     help="largest image to accept, in MiB (default 512)")
+    program.add_options(rp)  # --mode, --syzkaller, --deadline, --results: running the reproducer's own program
     add_settings(rp)
 
 
@@ -55,7 +57,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)  # a bad setting is refused before any file is read
     report = Report.open(args.json, args.html)  # so is an output file that cannot be written
-    items = reproducers.extract_all([Path(p) for p in args.files], size_limit=args.size_limit << 20)
+    ran = program.run_cli(args, settings)  # the programs of .c/.syz inputs (--mode); the rest is for the image judge
+    if not ran.image_paths:
+        return ran.status
+    items = reproducers.extract_all(ran.image_paths, size_limit=args.size_limit << 20)
     try:
         with interrupts_as_keyboard():
             judge(args, settings, items, report)
@@ -67,7 +72,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     breaches, errors = (sum(v.verdict == k for v in verdicts) for k in ("breach", ERROR))
     print(f"{len(verdicts)} verdicts: {breaches} containment breaches, "
           f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings, {errors} lab errors")
-    return 1 if breaches else LAB_ERROR if errors else 0
+    return 1 if breaches or ran.status == 1 else LAB_ERROR if errors or ran.status else 0
 
 
 class Report:
