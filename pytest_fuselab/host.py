@@ -15,16 +15,21 @@ from pytest_fuselab.errors import FuselabError, HostError
 from pytest_fuselab.vm.qemu import qemu_version
 
 APT_PACKAGES = ["qemu-system-x86", "qemu-utils", "debootstrap", "busybox-static", "cpio",
-                "e2fsprogs", "openssh-client", "zstd", "xz-utils", "ca-certificates", "kmod"]
+                "e2fsprogs", "openssh-client", "zstd", "xz-utils", "ca-certificates", "kmod",
+                "gcc", "libc6-dev",  # C reproducers are compiled static on the host (libc6-dev has libc.a)
+                "openssh-server", "iproute2"]  # sshd and network namespaces: the test hosts of `fuselab hosts`
 COMMANDS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "debootstrap": "debootstrap",
             "cpio": "cpio", "mke2fs": "e2fsprogs", "ssh": "openssh-client",
-            "depmod": "kmod"}
+            "depmod": "kmod", "gcc": "gcc"}
+STATIC_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 
 
 def missing_commands() -> dict[str, str]:
     found = {cmd: pkg for cmd, pkg in COMMANDS.items() if shutil.which(cmd) is None}
     if not Path("/bin/busybox").exists() and not Path("/usr/bin/busybox").exists():
         found["busybox"] = "busybox-static"
+    if not STATIC_LIBC.exists():
+        found[str(STATIC_LIBC)] = "libc6-dev"
     return found
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_fuselab.errors import GuestError, GuestLost
 from pytest_fuselab.guest.protocol import DriverRecord, JudgeAnswer, JudgeSpec, StepRecord
-from pytest_fuselab.judge import containment
+from pytest_fuselab.judge import containment, parallel
 from pytest_fuselab.judge.verdict import item_names, reached_by, refusal_of
 from pytest_fuselab.reproducers.extracted import Extracted
 from pytest_fuselab.reproducers.sparse import SparseImage
@@ -298,7 +298,7 @@ def test_verdicts_from_several_guests_are_said_as_they_come_under_the_run_names(
         with lock:
             heard.append((v.image, v.driver, threading.current_thread().name))
 
-    verdicts = containment.judge_images(lab, tmp_path / "run", items, ["kernel", "fuse2fs"], guests=2,  # type: ignore[arg-type]
+    verdicts = parallel.judge_images(lab, tmp_path / "run", items, ["kernel", "fuse2fs"], guests=2,  # type: ignore[arg-type]
                                         said=said)
     assert [v.image for v in verdicts] == ["d0/image.gz"] * 2 + ["d1/image.gz"] * 2 + ["d2/image.gz"] * 2
     assert sorted(h[:2] for h in heard) == sorted((v.image, v.driver) for v in verdicts)

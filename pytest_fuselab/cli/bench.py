@@ -86,7 +86,7 @@ def test_overheads(settings: Settings, runs: int, workdir: Path) -> list[float]:
 def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str], guests: int = 1) -> float:
     """Images per minute through full containment verdicts with `drivers` on `guests` guests
     (fresh mke2fs images: the cost of the verdict itself, not of a hostile image's damage)."""
-    from pytest_fuselab.judge.containment import judge_images
+    from pytest_fuselab.judge.parallel import judge_images
     from pytest_fuselab.reproducers import extract
 
     items = []
@@ -105,7 +105,7 @@ def images_per_min(lab: Lab, workdir: Path, count: int, drivers: list[str], gues
 def pathological(lab: Lab, workdir: Path, drivers: list[str]) -> tuple[float, dict[str, str]]:
     """Seconds from the start of its judging to the verdicts of one image whose FUSE server never
     answers (stalling_image), and each driver's outcome (the budget bounds the time)."""
-    from pytest_fuselab.judge.containment import judge_images
+    from pytest_fuselab.judge.parallel import judge_images
     from pytest_fuselab.judge.matrix import cell_text
     from pytest_fuselab.reproducers import extract
 

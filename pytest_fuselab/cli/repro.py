@@ -165,7 +165,7 @@ def interrupts_as_keyboard() -> Iterator[None]:
 
 def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted], report: Report) -> None:
     """Every item through the chosen drivers, `--repeat` times, each verdict reported as it comes."""
-    from pytest_fuselab.judge import containment
+    from pytest_fuselab.judge import containment, parallel
 
     with work_dir("fuselab-repro-") as tmp:
         lab = Lab(settings, Path(tmp))
@@ -181,7 +181,7 @@ def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted], 
         for n in range(args.repeat):
             workdir = Path(tmp) / f"round{n}"
             if args.guests > 1:
-                containment.judge_images(lab, workdir, items, drivers, args.guests, said=report.said,
+                parallel.judge_images(lab, workdir, items, drivers, args.guests, said=report.said,
                                          watch=progress.status)
             else:
                 runner = containment.ImageRunner(lab, workdir, watch=progress.status)

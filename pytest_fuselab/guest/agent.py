@@ -120,11 +120,15 @@ def op_disk(req: Request) -> Reply:
     deadline = time.monotonic() + req.get("timeout", 30)
     while time.monotonic() < deadline:
         for path in glob.glob("/sys/block/*/serial"):
-            with open(path) as f:
-                if f.read().strip() == req["serial"]:
-                    found = disk_nodes(os.path.dirname(path), req.get("partitions", 0))
-                    if found:
-                        return found
+            try:  # a disk being unplugged vanishes under us (ENODEV, ENOENT): not the one we wait for
+                with open(path) as f:
+                    if f.read().strip() != req["serial"]:
+                        continue
+                found = disk_nodes(os.path.dirname(path), req.get("partitions", 0))
+            except OSError:
+                continue
+            if found:
+                return found
         time.sleep(0.02)
     raise TimeoutError(f"no disk with serial {req['serial']!r} appeared"
                        + (f" with {req['partitions']} partitions" if req.get("partitions") else ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class HostsFile:
     path: Path
     hosts: tuple[Host, ...]
     ssh_config: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def ssh_options(self) -> list[str]:
         """The options every ssh(1) call to these hosts takes."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pytest_fuselab.build import image as images
 from pytest_fuselab.build import recipe as recipes
-from pytest_fuselab.cache import Progress
+from pytest_fuselab.cache import Progress, cache_dir
 from pytest_fuselab.errors import HostError
 from pytest_fuselab.hosts import bundle as bundles
 from pytest_fuselab.hosts.config import HostsFile
@@ -80,6 +80,9 @@ def ship_image(conn: object, reach: Reach, image: images.Image, progress: Progre
     for path in files:
         conn.put(str(path), f"{incoming}/{path.name}")  # type: ignore[attr-defined]
     _sh(conn, f"chmod 0444 {q(incoming)}/base.qcow2 && mv {q(incoming)} {q(final)}")
+    archive = cache_dir() / f"archive-{image.manifest().get('suite', 'sid')}.json"
+    if archive.is_file():  # the archive versions the image is keyed by: the host need not ask the mirror
+        conn.put(str(archive), f"{host.cache_dir}/{archive.name}")  # type: ignore[attr-defined]
     return [f"sent image {image.directory.name}"]
 
 

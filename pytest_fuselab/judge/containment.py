@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -284,7 +283,7 @@ class ImageRunner:
             self.lab.progress(printable(f"{name}: {exc}; judging it again on a fresh guest", lines=False))
             if guest is not None:
                 guest.machine.state = Runstate.CRASHED
-            verdicts = [Verdict(name, d.name, UNJUDGED, evidence=f"the guest lost the image's disk: {exc}")
+            verdicts = [Verdict(name, d.name, UNJUDGED, evidence=f"the lab could not plug the image's disk: {exc}")
                         for d in chosen]
         finally:
             if disk is not None and guest is not None:
@@ -304,7 +303,7 @@ class ImageRunner:
         except GuestError as exc:
             if self.guest is not None:
                 self.guest.machine.state = Runstate.CRASHED
-            return failed(name, driver.name, f"the guest lost the image's disk: {exc}", budget.used())
+            return failed(name, driver.name, f"the lab could not plug the image's disk: {exc}", budget.used())
         finally:
             path.unlink(missing_ok=True)
 
@@ -357,40 +356,3 @@ class ImageRunner:
 def with_next(items: list[T]) -> list[tuple[T, T | None]]:
     """Each of `items` with the one after it (None after the last)."""
     return list(zip(items, [*items[1:], None], strict=True))
-
-
-def judge_images(lab: Lab, workdir: Path, items: list[Extracted], drivers: list[str], guests: int = 1,
-                 said: Callable[[Verdict], None] | None = None, budget: float | None = None,
-                 watch: Watch | None = None) -> list[Verdict]:
-    """Every item through `drivers`, spread over `guests` guests running side by side; each image's
-    verdicts go to `said` as they come (one thread at a time), and all are returned in the order of `items`."""
-    runners = [ImageRunner(lab, workdir / f"runner{i}", budget=budget, watch=watch) for i in range(guests)]
-    shares = [list(range(len(items)))[i::guests] for i in range(guests)]
-    names, results, lock = item_names(items), dict[int, list[Verdict]](), threading.Lock()
-
-    def work(runner: ImageRunner, share: list[int]) -> None:
-        try:
-            for i, after in with_next(share):
-                verdicts = runner.judge_item(items[i], drivers, None if after is None else items[after],
-                                             names[id(items[i])])
-                with lock:
-                    if runner.stopped:
-                        return
-                    results[i] = verdicts
-                    for v in verdicts if said else []:
-                        said(v)  # type: ignore[misc]
-        finally:
-            runner.close()
-
-    pool = concurrent.futures.ThreadPoolExecutor(guests)
-    try:
-        for future in [pool.submit(work, r, share) for r, share in zip(runners, shares, strict=True)]:
-            future.result()
-    except BaseException:  # interrupted, or one runner failed: stop the others before waiting for them
-        with lock:
-            for runner in runners:
-                runner.stop()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return [v for i in range(len(items)) for v in results[i]]

@@ -46,7 +46,7 @@ def detail(v: Verdict) -> str:
     if shown == "refused":
         return why_refused(v)
     if shown == "hung":
-        return v.hung
+        return v.hung.removeprefix("server hung ")  # "during walk (connection aborted)"
     if shown == "error":
         said = v.steps[0].said.strip().splitlines() if v.steps else []
         return v.hung or (said[-1] if said else "")
