@@ -21,7 +21,7 @@ from pytest_fuselab.vm import snapshot
 from pytest_fuselab.vm.snapshot import Snapshot
 from pytest_fuselab.build.stack import build as stack
 from pytest_fuselab.cache import cache_dir
-from pytest_fuselab.errors import BootError, FuselabError, GuestLost, GuestTimeout, MachineError
+from pytest_fuselab.errors import BootError, FuselabError
 from pytest_fuselab.guestconfig import configure_from
 from pytest_fuselab.vm.guest import Guest
 from pytest_fuselab.vm.qemu import MachineSpec, find_qemu
@@ -29,9 +29,11 @@ from pytest_fuselab.settings import Settings
 from pytest_fuselab.text import printable
 
 Progress = Callable[[str], None]
-# How a snapshot that passed its digests can still fail to restore (a QEMU that rejects the state
-# file, a guest that does not answer): set aside and made again once.
-RESTORE_FAILURES = (MachineError, GuestLost, GuestTimeout, QMPError, EOFError, ConnectionError)
+# How a snapshot that passed its digests can still fail to restore: QEMU rejects the state (QMP
+# disconnects, the migration fails) or the guest does not answer after it (Guest.restore's BootError).
+# Failures before the state is read (the overlay cannot be made, QEMU does not start: a full TMPDIR, a
+# missing binary) are the host's: the snapshot is not blamed for them.
+RESTORE_FAILURES = (BootError, QMPError, EOFError, ConnectionError)
 
 
 def stderr_progress(message: str) -> None:

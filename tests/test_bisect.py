@@ -193,3 +193,42 @@ def test_repro_repeat_says_how_often_each_reproducer_fired(tmp_path):
     assert line.startswith(f"syz_mount_image_ext4_40.syz#0  kernel: fired {fired} of 2"), line
     for title in triage.unique(t for v in verdicts for t in v["splats"]):
         assert title in line
+
+
+def fake_program_runs(monkeypatch, outcomes):
+    """bisect's --repro with C reproducers, their program runs replaced by `outcomes` ((outcome, titles) each)."""
+    from pytest_fuselab.judge import program
+    from pytest_fuselab.judge.program.runner import Run
+
+    asked = []
+
+    def run_files(lab, plans, workdir, repeat, deadline, **kw):
+        asked.append(([p.path.name for p in plans], repeat, deadline))
+        return [Run("repro.c", i, o, t, "exited with status 0") for i, (o, t) in enumerate(outcomes, 1)]
+
+    monkeypatch.setattr(program, "run_files", run_files)
+    return asked
+
+
+@pytest.mark.parametrize(("outcomes", "pattern", "status", "why"), [
+    ([("quiet", []), ("fired", ["WARNING in f"])], None, bisect.BAD, "the reproducer fired (1 of 2 runs)"),
+    ([("fired", ["WARNING in f"])], "in g$", bisect.GOOD, "the reproducer did not fire (1 of 1 runs)"),
+    ([("quiet", []), ("quiet", [])], None, bisect.GOOD, "the reproducer did not fire (0 of 2 runs)"),
+    ([("error", []), ("error", [])], None, bisect.SKIP, "lab error: every run lost its guest without a splat"),
+])
+def test_repro_of_a_c_reproducer_runs_its_program(tmp_path, monkeypatch, outcomes, pattern, status, why):
+    from pytest_fuselab.settings import resolve
+
+    asked = fake_program_runs(monkeypatch, outcomes)
+    repro = tmp_path / "repro.c"
+    repro.write_text("int main(void) { return 0; }\n")
+    step = bisect.reproducer(resolve({}), [str(repro)], tmp_path, pattern, lambda _: None, repeat=2, deadline=30.0)
+    assert asked == [(["repro.c"], 2, 30.0)]
+    assert (step.status, step.why[:len(why)]) == (status, why)
+
+
+def test_bisect_run_takes_repeat_and_deadline_for_reproducers():
+    from pytest_fuselab.cli.main import parser
+
+    args = parser().parse_args(["bisect-run", "--repro", "r.c", "--repeat", "3", "--deadline", "20"])
+    assert (args.repro, args.repeat, args.deadline) == (["r.c"], 3, 20.0)

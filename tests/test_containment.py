@@ -303,3 +303,20 @@ def test_verdicts_from_several_guests_are_said_as_they_come_under_the_run_names(
     assert [v.image for v in verdicts] == ["d0/image.gz"] * 2 + ["d1/image.gz"] * 2 + ["d2/image.gz"] * 2
     assert sorted(h[:2] for h in heard) == sorted((v.image, v.driver) for v in verdicts)
     assert all(h[2] != threading.main_thread().name for h in heard)  # said by the workers, at once
+
+
+def test_a_server_left_running_costs_the_next_image_a_fresh_guest_not_its_cpu(tmp_path):
+    def left(spec: JudgeSpec, timeout: float) -> JudgeAnswer:
+        records = [record(d.name) for d in spec.drivers]
+        records[1] = record("fuse2fs", FULL[:2], hung="server hung during walk (connection aborted)")
+        records[1].server = "still running after the unmount"
+        return JudgeAnswer(verdicts=records, together=True)
+
+    lab = FakeLab(left)
+    runner = containment.ImageRunner(lab, tmp_path / "run")  # type: ignore[arg-type]
+    first, second = image(tmp_path), image(tmp_path, directory="f_b")
+    hung = runner.judge_item(first, ALL, after=second)
+    assert hung[1].hung and len(lab.guests) == 1
+    assert [v.verdict for v in runner.judge_item(second, ALL)] == ["clean", "contained", "contained", "contained"]
+    assert len(lab.guests) == 2 and lab.guests[1].asked  # judged on a fresh guest
+    runner.close()

@@ -11,13 +11,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pytest_fuselab.guest import judge as guest_judge
-from pytest_fuselab.guest import kmsg, steps
-from pytest_fuselab.guest.protocol import DriverSpec
+from pytest_fuselab.guest import course, kmsg, stalls, steps
+from pytest_fuselab.guest.protocol import DriverRecord, DriverSpec
 from pytest_fuselab.judge import containment
 from pytest_fuselab.judge.drivers import DRIVERS, Driver
 from pytest_fuselab.reproducers import extract
@@ -92,10 +92,10 @@ def test_a_service_instances_fate_is_read_from_systemds_words():
     journal = ("Started fuse4fs@0-312-0.service - fuse4fs.\n"
                "fuse4fs@0-312-0.service: Main process exited, code=dumped, status=11/SEGV\n"
                "fuse4fs@0-312-0.service: Failed with result 'core-dump'.\n")
-    assert guest_judge.unit_fate(journal) == "killed by SIGSEGV (core dumped)"
-    assert guest_judge.unit_fate("x: Main process exited, code=exited, status=1/FAILURE\n") == "exit status 1"
-    assert guest_judge.unit_fate("fuse4fs@1-2-0.service: Deactivated successfully.\n") == "exit status 0"
-    assert guest_judge.unit_fate("Started fuse4fs@1-2-0.service\n") == ""
+    assert course.unit_fate(journal) == "killed by SIGSEGV (core dumped)"
+    assert course.unit_fate("x: Main process exited, code=exited, status=1/FAILURE\n") == "exit status 1"
+    assert course.unit_fate("fuse4fs@1-2-0.service: Deactivated successfully.\n") == "exit status 0"
+    assert course.unit_fate("Started fuse4fs@1-2-0.service\n") == ""
 
 
 def test_a_step_past_its_deadline_is_killed():
@@ -113,6 +113,82 @@ def test_a_users_step_runs_as_that_user():
     assert (step.status, step.said) == (0, "nobody")
 
 
+def test_the_walk_tells_its_counts_and_a_refusal_its_first_meaningful_words(tmp_path):
+    told: dict[str, object] = {}
+    step = steps.in_child("walk", 10, None, steps.walk, str(tree(tmp_path)), told=told)
+    assert step.status == 0 and (told["entries"], told["files"], told["walk_errors"]) == (5, 2, 0)
+    refusal = ("fuse2fs: Warning: fuse2fs does not support using the journal.\n"
+               "There may be file system corruption or data loss if\nthe file system is not gracefully unmounted.\n"
+               "quotas not supported.\nMount failed due to unrecognized options.\n"
+               "fuseserver: fuse2fs ended before mounting: exit status 3\n")
+    assert steps.first_words(refusal) == "quotas not supported."
+    assert steps.first_words("mount: /mnt/k: fsconfig() failed: Structure needs cleaning.\n"
+                             "       dmesg(1) may have more information after failed mount system call.\n") == \
+        "mount: /mnt/k: fsconfig() failed: Structure needs cleaning."
+
+
+def spec_for(tmp_path: Path, mount: list[str], **kw: object) -> DriverSpec:
+    return DriverSpec(name="k", device="/dev/null", mountpoint=str(tmp_path / "m"), mount=mount,
+                      unmount=["true"], **kw)  # type: ignore[arg-type]
+
+
+def test_a_refused_mount_says_so_with_its_words_and_status(tmp_path):
+    spec = spec_for(tmp_path, ["sh", "echo 'Warning: x' >&2; echo 'quotas not supported.' >&2; exit 3"],
+                    checker=["true"])
+    record = course.judge_driver(spec, {"mount": 10, "walk": 10, "modify": 10, "unmount": 10, "fsck": 10})
+    assert (record.reached, record.refusal) == ("refused", "quotas not supported. (exit status 3)")
+    assert [s.name for s in record.steps] == ["mount"]
+
+
+def test_a_read_only_filesystem_is_walked_not_modified_and_no_checker_is_said(tmp_path):
+    spec = spec_for(tmp_path, ["sh", "true"], readonly=True, fstype="iso9660")
+    record = course.judge_driver(spec, {"mount": 10, "walk": 10, "modify": 10, "unmount": 10, "fsck": 10})
+    assert [s.name for s in record.steps] == ["mount", "walk", "unmount", "fsck"]
+    assert record.steps[-1].said == "judge: no checker for iso9660" and record.reached == "unmounted"
+    assert record.entries == 0 and record.walk_errors == 0
+
+
+def test_the_budget_stops_a_course_and_records_each_step_not_run(tmp_path):
+    spec = spec_for(tmp_path, ["sh", "true"], checker=["sh", "-c", "sleep 30", "checker"])
+    record = course.judge_driver(spec, {"mount": 10, "walk": 10, "modify": 10, "unmount": 10, "fsck": 60},
+                                 until=time.monotonic() + 3)
+    assert [(s.name, s.status) for s in record.steps][-1] == ("fsck", -1)
+    assert "budget ran out" in record.steps[-1].said and record.reached == "unmounted"
+    late = course.judge_driver(spec, {s: 10 for s in course.REACH}, until=time.monotonic() - 1)
+    assert [(s.name, s.status) for s in late.steps] == [(n, -1) for n in course.REACH] and late.reached == ""
+
+
+def test_a_step_that_stalls_on_a_fuse_connection_has_it_aborted(monkeypatch):
+    """The watch: no progress for `stall` seconds, requests waiting, the server not in D state."""
+    aborted = []
+    monkeypatch.setattr(stalls, "fuse_connection", lambda mountpoint: 41)
+    monkeypatch.setattr(stalls, "waiting", lambda connection: 1)
+    monkeypatch.setattr(stalls, "servers", lambda device: [])
+    monkeypatch.setattr(stalls, "abort", lambda connection: aborted.append(connection) or True)
+    monkeypatch.setattr(stalls, "TICK", 0.2)
+    monkeypatch.setattr(steps, "TICK", 0.2)
+    watch = stalls.Watch("walk", "/mnt/x", "/dev/null", 1.0)
+    step = steps.in_child("walk", 20, None, steps.run_shell, "sleep 4", watch=watch)
+    assert aborted == [41] and watch.hung == "server hung during walk (connection aborted)"
+    assert step.status == 0  # the step itself goes on (a real one fails at once: ECONNABORTED)
+
+
+def test_a_task_spinning_in_one_system_call_at_the_deadline_is_a_livelock(monkeypatch):
+    stat = iter([("spin", "R", 5, 100), ("spin", "R", 5, 350)])
+    monkeypatch.setattr(stalls, "fuse_connection", lambda mountpoint: None)
+    monkeypatch.setattr(stalls, "family", lambda pid: [pid])
+    monkeypatch.setattr(stalls, "task_stat", lambda pid: next(stat))
+    monkeypatch.setattr(stalls, "_read", lambda path: "[<0>] ext4_readdir+0x1/0x2\n" if path.endswith("stack")
+                        else "217 0x3 0x0\n")
+    monkeypatch.setattr(stalls.time, "sleep", lambda seconds: None)
+    watch = stalls.Watch("walk", "/mnt/x", "/dev/null", 12)
+    watch.overdue(77)
+    assert watch.livelock.startswith("spin[77] never returned from system call 217 during walk (R state, not D)")
+    assert "ext4_readdir" in watch.livelock
+    record = DriverRecord(name="kernel", livelock=watch.livelock)
+    assert [s.title for s in containment.livelocked(record)] == ["livelock in ext4_readdir"]
+
+
 def test_kernel_log_records_read_like_the_console():
     line = kmsg.console_line("4,812,12345678,-;WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2\n SUBSYSTEM=x\n")
     assert line == "[   12.345678] WARNING: CPU: 1 PID: 7 at fs/x.c:1 f+0x1/0x2"
@@ -125,8 +201,9 @@ def test_driver_specs_carry_what_the_judge_runs():
                              "fuse2fs", "-f", "/dev/vdb", "/mnt/hostile-fuse2fs-user", "-o", "fakeroot"]
     assert (spec.user, spec.unmount) == ("fuselab", ["fusermount3", "-u", "/mnt/hostile-fuse2fs-user"])
     kernel = DRIVERS["kernel"].judge_spec("/dev/vdc", "/mnt/k", "errors=continue")
-    assert kernel.mount == ["exec", "mount", "-t", "ext4", "-o", "errors=continue", "/dev/vdc", "/mnt/k"]
+    assert kernel.mount == ["exec", "mount", "-i", "-t", "ext4", "-o", "errors=continue", "/dev/vdc", "/mnt/k"]
     assert kernel.unmount == ["umount", "/mnt/k"] and kernel.fate is None
+    assert (kernel.checker, spec.checker, kernel.readonly) == (["e2fsck", "-fn"], ["e2fsck", "-fn"], False)
     assert DRIVERS["fuse2fs-sandbox"].judge_spec("/dev/vdd", "/mnt/s").mount[0] == "sandbox"
     assert DriverSpec.from_json(spec.to_json()) == spec  # what the judge receives is what was built
 
@@ -137,8 +214,8 @@ def test_driver_specs_carry_what_the_judge_runs():
 class Warner(Driver):
     """Kernel ext4, but its mount also logs a WARNING, as a kernel bug hit while mounting would."""
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
-        spec = super().judge_spec(device, mountpoint, options)
+    def judge_spec(self, device: str, mountpoint: str, options: str = "", fstype: str = "") -> DriverSpec:
+        spec = super().judge_spec(device, mountpoint, options, fstype)
         warn = ("echo '<4>WARNING: CPU: 0 PID: 1 at fs/ext4/super.c:1 ext4_fill_super+0x1/0x2' > /dev/kmsg && "
                 "echo '<4>---[ end trace 0000000000000000 ]---' > /dev/kmsg")
         spec.mount = ["sh", f"{warn} && {shlex.join(spec.mount[1:])}"]
@@ -149,8 +226,8 @@ class Warner(Driver):
 class Sleeper(Driver):
     """fuse2fs with a process sitting in the mount, so that it cannot be unmounted."""
 
-    def judge_spec(self, device: str, mountpoint: str, options: str = "") -> DriverSpec:
-        spec = super().judge_spec(device, mountpoint, options)
+    def judge_spec(self, device: str, mountpoint: str, options: str = "", fstype: str = "") -> DriverSpec:
+        spec = super().judge_spec(device, mountpoint, options, fstype)
         spec.mount = ["sh", f"python3 -S -m pytest_fuselab.guest.fuseserver start --fate {spec.fate} "
                                f"--mountpoint {mountpoint} -- fuse2fs -f {device} {mountpoint} && "
                                f"(cd {mountpoint} && setsid sleep 600 </dev/null >/dev/null 2>&1 &)"]

@@ -9,7 +9,7 @@ import pytest
 from qemu.qmp import ExecInterruptedError
 
 from pytest_fuselab import lab as labmod
-from pytest_fuselab.errors import BootError, GuestLost, SettingError
+from pytest_fuselab.errors import BootError, GuestLost, MachineError, SettingError
 from pytest_fuselab.settings import resolve
 from pytest_fuselab.vm.snapshot import Snapshot
 
@@ -61,9 +61,10 @@ def fake_lab(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("failure", [
     ExecInterruptedError("Disconnected"),  # what QMP raised on a state corrupted at the same size
-    GuestLost("loading the saved state failed (status failed)"),
-    BootError("restoring state.bin failed (guest lost)"),
+    BootError("restoring state.bin failed (loading the saved state failed (status failed))"),
+    BootError("restoring state.bin failed (the guest did not answer)"),
     EOFError(),
+    ConnectionResetError(),
 ])
 def test_a_snapshot_that_fails_to_restore_is_set_aside_and_made_again_once(fake_lab, failure):
     lab, made, messages = fake_lab
@@ -87,12 +88,18 @@ def test_a_second_failure_is_the_error_and_a_lab_error(fake_lab):
     assert len(made) == 2 and FakeGuest.stopped == 2 and not FakeGuest.outcomes
 
 
-def test_other_errors_are_not_blamed_on_the_snapshot(fake_lab):
+@pytest.mark.parametrize("failure", [
+    SettingError("bad"),
+    MachineError("command failed with status 1:\n$ qemu-img create ...: No space left on device"),
+    MachineError("QEMU exited with status 1 during start-up"),
+    GuestLost("cannot connect to the agent socket"),
+])
+def test_failures_before_the_state_is_read_are_not_blamed_on_the_snapshot(fake_lab, failure):
     lab, made, _ = fake_lab
-    FakeGuest.outcomes = [SettingError("bad")]
-    with pytest.raises(SettingError):
+    FakeGuest.outcomes = [failure]
+    with pytest.raises(type(failure)):
         lab.guest()
-    assert len(made) == 1 and made[0].exists()
+    assert len(made) == 1 and made[0].exists() and not FakeGuest.outcomes
 
 
 def test_a_snapshot_another_process_set_aside_is_not_set_aside_again(fake_lab):
@@ -101,7 +108,7 @@ def test_a_snapshot_another_process_set_aside_is_not_set_aside_again(fake_lab):
 
     def someone_else_healed() -> BaseException:
         snap.directory.rename(snap.directory.with_name("elsewhere"))
-        return GuestLost("gone")
+        return BootError("restoring state.bin failed (gone)")
 
     FakeGuest.outcomes = [someone_else_healed, None]
     lab.guest()

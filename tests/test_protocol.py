@@ -30,7 +30,8 @@ def spec() -> JudgeSpec:
 def record(name: str = "kernel") -> DriverRecord:
     steps = [StepRecord("mount", 0, "", 0.5), StepRecord("walk", 1, "judge: walk: stat /x: EUCLEAN", 0.2, "EUCLEAN")]
     return DriverRecord(name=name, steps=steps, server="killed by SIGSEGV (core dumped) during walk",
-                        stuck=["cat[77]"], kmsg="[    1.000000] EXT4-fs error", seconds=1.25)
+                        stuck=["cat[77]"], kmsg="[    1.000000] EXT4-fs error", seconds=1.25, reached="walked",
+                        entries=12, files=3, walk_errors=1, hung="server hung during walk (connection aborted)")
 
 
 def wire(message: object) -> object:
@@ -49,6 +50,26 @@ def test_valid_records_round_trip():
     assert JudgeSpec.from_json({"drivers": []}) == JudgeSpec()  # what a snapshot's warm-up sends
 
 
+def test_the_new_fields_default_when_absent_and_round_trip():
+    """An older peer's messages (no fstype, checker, budget, reached...) still read, with the defaults."""
+    old = {k: v for k, v in record().to_json().items()
+           if k not in ("reached", "refusal", "entries", "files", "walk_errors", "hung", "livelock")}
+    assert DriverRecord.from_json(old).reached == "" and DriverRecord.from_json(old).entries == 0
+    asked = JudgeSpec(drivers=spec().drivers[:1], deadlines=dict(DEADLINES), budget=137.5, stall=10)
+    got = JudgeSpec.from_json(wire(asked.to_json()))
+    assert (got.budget, got.stall, got.drivers[0].checker, got.drivers[0].fstype) == (137.5, 10, ["e2fsck", "-fn"], "ext4")
+    bare = wire(asked.to_json())
+    for key in ("fstype", "readonly", "checker"):
+        del bare["drivers"][0][key]
+    del bare["budget"], bare["stall"]
+    got = JudgeSpec.from_json(bare)
+    assert (got.budget, got.stall, got.drivers[0].checker, got.drivers[0].readonly) == (0, 12, [], False)
+    refused = DriverRecord(name="fuse2fs", steps=[StepRecord("mount", 3, "quotas not supported.", 0.2)],
+                           reached="refused", refusal="quotas not supported. (exit status 3)",
+                           livelock="walk[9] never returned ...")
+    assert DriverRecord.from_json(wire(refused.to_json())) == refused
+
+
 def test_numbers_stay_as_sent():
     """A deadline of 60 stays 60, so the judge's words ("no result within 60 s") do not change."""
     got = JudgeSpec.from_json(wire(spec().to_json()))
@@ -65,6 +86,12 @@ def test_numbers_stay_as_sent():
     (lambda a: a["verdicts"].__setitem__(0, []), "verdicts[0]", "an object expected"),
     (lambda a: a["verdicts"][0].update(seconds=float("nan")), "verdicts[0].seconds", "not within"),
     (lambda a: a["verdicts"][0]["steps"][0].update(seconds=-1), "verdicts[0].steps[0].seconds", "not within"),
+    (lambda a: a["verdicts"][0].update(reached="fscked"), "verdicts[0].reached", "is not one of refused, mounted"),
+    (lambda a: a["verdicts"][0].update(reached=3), "verdicts[0].reached", "a string expected"),
+    (lambda a: a["verdicts"][0].update(entries=-1), "verdicts[0].entries", "not within"),
+    (lambda a: a["verdicts"][0].update(walk_errors=2.5), "verdicts[0].walk_errors", "an integer expected"),
+    (lambda a: a["verdicts"][0].update(files=1 << 40), "verdicts[0].files", "not within"),
+    (lambda a: a["verdicts"][0].update(hung=None), "verdicts[0].hung", "a string expected"),
 ])
 def test_a_wrong_type_names_the_field(change, field, problem):
     answer = wire(JudgeAnswer(verdicts=[record("kernel"), record("fuse2fs")]).to_json())
@@ -94,6 +121,9 @@ def test_an_unknown_key_names_the_field(change, field):
     (lambda a: a["verdicts"][0].update(stuck=["t"] * 10001), "verdicts[0].stuck"),
     (lambda a: a["verdicts"][0].update(name="k" * 65), "verdicts[0].name"),
     (lambda a: a.update(error="e" * 5000), "error"),
+    (lambda a: a["verdicts"][0].update(refusal="r" * (MAX_SAID + 1)), "verdicts[0].refusal"),
+    (lambda a: a["verdicts"][0].update(hung="h" * (MAX_SAID + 1)), "verdicts[0].hung"),
+    (lambda a: a["verdicts"][0].update(livelock="s" * 4097), "verdicts[0].livelock"),
 ])
 def test_an_oversized_field_is_refused_by_name(change, field):
     answer = wire(JudgeAnswer(verdicts=[record()]).to_json())
@@ -131,6 +161,12 @@ def test_a_spec_is_checked_too():
         (lambda s: s["deadlines"].pop("fsck"), r"deadlines\.fsck: missing"),
         (lambda s: s["deadlines"].update(mount=-1), r"deadlines\.mount: -1 is not within"),
         (lambda s: s.update(stop="("), r"stop: not a regular expression"),
+        (lambda s: s.update(budget=-5), r"budget: -5 is not within"),
+        (lambda s: s.update(stall="12"), r"stall: a number expected"),
+        (lambda s: s["drivers"][0].update(checker="fsck.fat -n"), r"drivers\[0\]\.checker: a list expected"),
+        (lambda s: s["drivers"][0].update(checker=["x"] * 65), r"drivers\[0\]\.checker: more than 64 items"),
+        (lambda s: s["drivers"][0].update(readonly="yes"), r"drivers\[0\]\.readonly: a boolean expected"),
+        (lambda s: s["drivers"][0].update(fstype="f" * 65), r"drivers\[0\]\.fstype: longer than 64"),
     ]:
         bad = wire(good)
         change(bad)

@@ -23,6 +23,7 @@ from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.judge import splats
 from pytest_fuselab.judge import triage
 from pytest_fuselab.cache import cache_dir
+from pytest_fuselab.cli.options import seconds, whole
 from pytest_fuselab.errors import BootError, FuselabError, MachineError, SettingError
 from pytest_fuselab.settings import Settings
 from pytest_fuselab.text import printable
@@ -145,19 +146,29 @@ def judge_junit(junit: Path, pattern: str | None, status: int = 1) -> Step:
     return Step(GOOD, f"{ran} passed", titles)
 
 
-def reproducer(settings: Settings, files: list[str], workdir: Path, pattern: str | None, progress: Progress) -> Step:
-    """Run reproducers through kernel ext4 (and the FUSE drivers); bad when the kernel splats."""
-    from pytest_fuselab.judge import containment
+def reproducer(settings: Settings, files: list[str], workdir: Path, pattern: str | None, progress: Progress,
+               repeat: int = 1, deadline: float | None = None) -> Step:
+    """Run reproducers: a C reproducer's own program in `repeat` fresh guests (judge/program), images
+    and .syz programs through kernel ext4's image judge; bad when the kernel splats (with a title
+    matching `pattern`, if given), cannot test when the lab lost every program run."""
+    from pytest_fuselab.judge import containment, program
     from pytest_fuselab import reproducers
     from pytest_fuselab.lab import Lab
 
-    items = reproducers.extract_all([Path(f) for f in files])
-    runner = containment.ImageRunner(Lab(settings, workdir, progress), workdir)
-    verdicts = list(runner.run(items, ["kernel"]))
-    titles = triage.unique([t for v in verdicts for t in v.splats])
-    if matching(titles, pattern) if pattern else any(v.verdict in ("finding", "breach") for v in verdicts):
-        return Step(BAD, f"the reproducer fired ({len(verdicts)} runs)", matching(titles, pattern) or titles)
-    return Step(GOOD, f"the reproducer did not fire ({len(verdicts)} runs)", titles)
+    lab = Lab(settings, workdir, progress)
+    sources = [Path(f) for f in files if program.kind_of(Path(f)) == "c"]
+    runs = program.run_files(lab, program.plan(sources, "program", False), workdir, repeat,
+                             deadline or program.DEFAULT_DEADLINE, say=progress, progress=progress) if sources else []
+    items = reproducers.extract_all([Path(f) for f in files if program.kind_of(Path(f)) != "c"])
+    verdicts = list(containment.ImageRunner(lab, workdir).run(items, ["kernel"])) if items else []
+    titles = triage.unique([t for v in verdicts for t in v.splats] + [t for r in runs for t in r.titles])
+    fired = sum(r.outcome == program.FIRED for r in runs) + sum(v.verdict in ("finding", "breach") for v in verdicts)
+    what = f"{fired} of {len(runs) + len(verdicts)} runs"
+    if matching(titles, pattern) if pattern else fired:
+        return Step(BAD, f"the reproducer fired ({what})", matching(titles, pattern) or titles)
+    if runs and not verdicts and all(r.outcome == program.ERROR for r in runs):
+        return Step(SKIP, f"lab error: every run lost its guest without a splat ({runs[0].ended})", titles)
+    return Step(GOOD, f"the reproducer did not fire ({what})", titles)
 
 
 def run_step(args: argparse.Namespace, settings: Settings, flags: list[str], progress: Progress,
@@ -175,7 +186,7 @@ def run_step(args: argparse.Namespace, settings: Settings, flags: list[str], pro
         if decided is not None:
             return decided
         if args.repro:
-            return reproducer(settings, args.repro, Path(tmp), args.splat_pattern, progress)
+            return reproducer(settings, args.repro, Path(tmp), args.splat_pattern, progress, args.repeat, args.deadline)
         logs = log_dir(tree)
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{commit_of(tree).split()[0]}-{time.strftime('%H%M%S')}.log"
@@ -223,7 +234,11 @@ def add_cli(sub: argparse._SubParsersAction, add_settings: Callable[[argparse.Ar
     p.add_argument("--debug", action="store_true", help="with --build: the debugging fragment too")
     p.add_argument("--nice", type=int, default=0, help="with --build: run make under nice -n N")
     p.add_argument("--splat-pattern", metavar="RE", help="bad only when a splat title matches RE")
-    p.add_argument("--repro", action="append", metavar="FILE", help="run this reproducer instead of scenarios")
+    p.add_argument("--repro", action="append", metavar="FILE",
+                   help="run this reproducer instead of scenarios (a C reproducer's own program; an image's image)")
+    p.add_argument("--repeat", type=whole(1, 1000), default=1, metavar="N",
+                   help="with --repro: run each C reproducer in N fresh guests (bad if any fires)")
+    p.add_argument("--deadline", type=seconds(24 * 3600.0), metavar="S", help="with --repro: seconds each program run may take")
     p.add_argument("--keep-snapshot", action="store_true",
                    help="keep this step's booted-guest snapshot, modules disk and initramfs")
     p.add_argument("-v", "--verbose", action="store_true", help="show the lab's progress on stderr")

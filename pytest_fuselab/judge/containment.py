@@ -210,6 +210,16 @@ def usable_drivers(lab: Lab) -> list[str]:
     return [name for name, d in DRIVERS.items() if not d.needs or caps.has(d.needs)]
 
 
+LEFT_BEHIND = "still running"  # a server's fate that says it outlived its unmount
+
+
+def retire_if_left_behind(guest: Guest, verdicts: list[Verdict]) -> None:
+    """A hung server, or one still running after its unmount, may go on eating the guest's CPU
+    and holding its mountpoint: the next image gets a fresh guest (a restore costs about a second)."""
+    if any(v.hung or v.server.startswith(LEFT_BEHIND) for v in verdicts) and guest.state is Runstate.READY:
+        guest.machine.state = Runstate.CRASHED  # not handed out again
+
+
 class ImageRunner:
     """Many images through one guest at a time; a damaged guest is replaced before the next.
     Each image is one disk (a partition per driver), plugged while the image before it is judged
@@ -221,7 +231,7 @@ class ImageRunner:
         self.budget = budget or float(getattr(lab.settings, "budget", BUDGET))
         self.watch: Watch = watch or (lambda image, what: None)
         self.guest: Guest | None = None
-        self.ahead: tuple[Extracted, Guest, Disk] | None = None  # the next image's disk, plugged
+        self.ahead: tuple[Extracted, Guest, Disk, int] | None = None  # the next image's disk (copies), plugged
         self.count = itertools.count(1)
         self.stopped = False  # stop(): no guest is made any more
         workdir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +273,7 @@ class ImageRunner:
 
     def _batch(self, item: Extracted, name: str, chosen: list[Driver], after: Extracted | None,
                budget: Budget) -> list[Verdict]:
-        disk = self._take_ahead(item)
+        disk = self._take_ahead(item, len(chosen))
         verdicts: list[Verdict] = []
         guest = None
         try:
@@ -274,11 +284,12 @@ class ImageRunner:
                 batch = pool.submit(judge_drivers, guest, disks, name, item, chosen, self.together, budget)
                 try:
                     if after is not None and not not_ext4(after) and len(guest.disks) < MAX_DISKS:
-                        self.ahead = (after, guest, self._plug(guest, after, len(chosen)))
+                        self.ahead = (after, guest, self._plug(guest, after, len(chosen)), len(chosen))
                     verdicts = batch.result()
                 except BaseException:  # a stopped run, a failed plug: the batch's thread must end now
                     guest.kill()
                     raise
+            retire_if_left_behind(guest, verdicts)
         except GuestError as exc:  # the guest never saw its disks: not the image's doing, yet
             self.lab.progress(printable(f"{name}: {exc}; judging it again on a fresh guest", lines=False))
             if guest is not None:
@@ -299,7 +310,10 @@ class ImageRunner:
         self.watch(name, f"{driver.name} alone")
         path = self._disk_file()
         try:
-            return judge(self._fresh_guest(1), path, name, item, driver, budget)
+            guest = self._fresh_guest(1)
+            verdict = judge(guest, path, name, item, driver, budget)
+            retire_if_left_behind(guest, [verdict])
+            return verdict
         except GuestError as exc:
             if self.guest is not None:
                 self.guest.machine.state = Runstate.CRASHED
@@ -314,13 +328,14 @@ class ImageRunner:
         partitions.write_disk(path, item.sparse, copies)
         return guest.plug_partitioned(path)
 
-    def _take_ahead(self, item: Extracted | None) -> Disk | None:
-        """The disk plugged ahead for `item`, if its guest is still the one in use."""
+    def _take_ahead(self, item: Extracted | None, copies: int = 0) -> Disk | None:
+        """The disk plugged ahead for `item`, if its guest is still the one in use and it holds
+        `copies` partitions (a copy per driver that takes the image)."""
         ahead, self.ahead = self.ahead, None
         if ahead is None:
             return None
-        planned, guest, disk = ahead
-        if planned is item and guest is self.guest and guest.state is Runstate.READY:
+        planned, guest, disk, made = ahead
+        if planned is item and made == copies and guest is self.guest and guest.state is Runstate.READY:
             return disk
         if guest.state is Runstate.READY:
             guest.unplug(disk)

@@ -16,9 +16,9 @@ from pytest_fuselab.settings import Settings
 from pytest_fuselab.text import printable
 from pytest_fuselab.workdirs import work_dir
 from .build import compile_c, execprog_argv, syzkaller_binaries
-from .runner import DEFAULT_DEADLINE, ERROR, FIRED, Program, Run, Say, run_program, summary
+from .runner import DEFAULT_DEADLINE, ERROR, FIRED, QUIET, Program, Run, Say, run_program, summary
 
-__all__ = ["DEFAULT_DEADLINE", "MODES", "Outcome", "Plan", "Program", "Run", "add_options", "plan", "prepare",
+__all__ = ["DEFAULT_DEADLINE", "ERROR", "FIRED", "MODES", "QUIET", "Outcome", "Plan", "Program", "Run", "add_options", "plan", "prepare",
            "run_cli", "run_files", "summary"]
 
 MODES = ("program", "image", "both")
@@ -161,16 +161,17 @@ class Outcome:
 
 
 def run_files(lab: Lab, plans: list[Plan], workdir: Path, repeat: int, deadline: float = DEFAULT_DEADLINE,
-              syzkaller: Path | None = None, results: Path | None = None, say: Say = print) -> list[Run]:
+              syzkaller: Path | None = None, results: Path | None = None, say: Say = print,
+              progress: Say = stderr_progress) -> list[Run]:
     """Every planned program compiled first (a compile error stops before any guest), then run
-    `repeat` times, each in a fresh guest, with a summary line each."""
+    `repeat` times, each in a fresh guest: a line per run to `progress`, a summary line each to `say`."""
     names = display_names([p.path for p in plans if p.program])
     build = workdir / "programs"
     build.mkdir(parents=True, exist_ok=True)
     programs = [prepare(p, names[p.path], build, syzkaller) for p in plans if p.program]
     runs: list[Run] = []
     for program in programs:
-        done = run_program(lab, program, repeat, deadline, results, say=stderr_progress)
+        done = run_program(lab, program, repeat, deadline, results, say=progress)
         say(summary(program.name, done))
         runs += done
     return runs
