@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from pytest_fuselab.build import recipe
+from pytest_fuselab.errors import ImageError
 from pytest_fuselab.text import name_problem, printable
 
 
@@ -49,3 +51,12 @@ def test_safe_names(name: str) -> None:
 def test_unsafe_names(name: object, why: str) -> None:
     problem = name_problem(name)
     assert problem is not None and why in problem and "\x1b" not in problem
+
+
+def test_recipe_names_are_checked(tmp_path):
+    fields = 'suite = "sid"\npackages = []\nkernel_package = "k"\ninitramfs_modules = []\n'
+    (tmp_path / "r.toml").write_text('name = "../../x"\n' + fields)
+    with pytest.raises(ImageError, match=r"r.toml: name '../../x' may hold only"):
+        recipe.load(str(tmp_path / "r.toml"))
+    (tmp_path / "r.toml").write_text('name = "ok-1.2"\n' + fields)
+    assert recipe.load(str(tmp_path / "r.toml")).name == "ok-1.2"

@@ -43,7 +43,7 @@ FILESYSTEMS = {fs.name: fs for fs in (
     _fs("hfs", why="no checker in sid (hfsprogs is gone)"),
     _fs("ntfs", package="ntfs-3g", checker="ntfsfix -n", why="7.2's ntfs driver; syzkaller's ntfs3 mounts as ntfs"),
     _fs("gfs2", package="gfs2-utils", checker="fsck.gfs2 -n"),
-    _fs("minix", package="util-linux", checker="fsck.minix -f"),
+    _fs("minix", package="util-linux-extra", checker="fsck.minix -f"),
     _fs("nilfs2", why="nilfs-tools has no checker"),
     _fs("ocfs2", why="ocfs2-tools (fsck.ocfs2) pulls in the cluster stack: not installed"),
     _fs("udf", why="udftools has no checker"),
