@@ -110,6 +110,7 @@ class TestHosts:
         self.root.mkdir(parents=True, exist_ok=True)
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fuselab-test", "-f", str(self.key))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self.first = self._free_block()
         try:
             for index in range(self.first, self.first + self.count):
                 self.hosts.append(self._make(index))
@@ -123,6 +124,17 @@ class TestHosts:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _free_block(self) -> int:
+        """The first index from `first` on whose subnets no interface of this machine uses yet, so that
+        two runs at once (two CI jobs, a developer's and a test's) never answer for each other's hosts."""
+        used = _run("ip", "-o", "-4", "addr", "show", check=False).stdout
+        start = self.first
+        while any(f" {SUBNET}.{i}." in used for i in range(start, start + self.count)):
+            start += self.count
+            if start + self.count > 250:
+                raise HostError(f"no free {SUBNET}.N.0/30 subnets left for test hosts (see `ip -4 addr`)")
+        return start
 
     def _make(self, index: int) -> TestHost:
         host = TestHost(index, f"fuselab-t{os.getpid()}-{index}", self.root / f"host{index}")
