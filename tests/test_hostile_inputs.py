@@ -245,7 +245,7 @@ def test_empty_directory_and_directory_of_text(tmp_path: Path) -> None:
 # The kernel config in a bzImage.
 
 def test_bzimage_whose_payload_is_3_gib(tmp_path: Path) -> None:
-    from tests.test_kconfig import bzimage
+    from tests.test_kernel_config import bzimage
 
     path = bzimage(tmp_path / "bzImage", b"", compress=lambda _: zeros_zlib(3072, 31))
     assert path.stat().st_size < 4 * MIB

@@ -330,3 +330,40 @@ def test_a_squashfs_c_reproducer_gets_kernel_verdicts_and_its_program_run(tmp_pa
     [kernel] = [json.loads(line) for line in verdicts.read_text().splitlines()]  # and the image judge: its verdict
     assert (kernel["driver"], kernel["verdict"]) == ("kernel", "clean"), kernel
     assert {"mount": 0, "walk": 0}.items() <= {s["name"]: s["status"] for s in kernel["steps"]}.items(), kernel
+
+
+FAKE_EXECPROG = r"""
+#include <stdio.h>
+int main(int argc, char** argv)
+{
+  char line[256];
+  FILE* prog = fopen(argv[argc - 1], "r");
+  for (int i = 0; i < argc; i++)
+    printf("arg: %s\n", argv[i]);
+  while (prog && fgets(line, sizeof(line), prog))
+    printf("prog: %s", line);
+  return 0;
+}
+"""
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(not HAS_GCC, reason="needs gcc and a static libc on the host (`fuselab setup`)")
+def test_a_syz_program_goes_to_syz_execprog_with_its_headers_flags(tmp_path: Path) -> None:
+    """A stand-in syz-execprog (compiled here, run only in the guest) shows what the lab ran."""
+    build_dir = tmp_path / "syzkaller" / "bin" / "linux_amd64"
+    build_dir.mkdir(parents=True)
+    (tmp_path / "fake.c").write_text(FAKE_EXECPROG)
+    build.compile_c(tmp_path / "fake.c", build_dir / "syz-execprog")
+    (build_dir / "syz-executor").write_bytes(b"#!/bin/sh\n")
+    prog = tmp_path / "repro.syz"
+    prog.write_text(HEADER.replace("Procs:8", "Procs:1") + "r0 = openat(0xffffffffffffff9c, 0x0, 0x0, 0x0)\n")
+    out = subprocess.run([sys.executable, "-m", "pytest_fuselab.cli", "repro", str(prog), "--syzkaller",
+                          str(tmp_path / "syzkaller"), "--keep", "all", "--results", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=900)
+    print(out.stdout, out.stderr)
+    assert "repro.syz  mode: program (no syz_mount_image in it: no image to judge)" in out.stdout
+    assert "repro.syz  program: fired 0 of 1" in out.stdout.splitlines() and out.returncode == 0
+    said = (tmp_path / "r" / "programs" / "repro.syz" / "run1" / "output.txt").read_text()
+    assert "arg: -executor=./syz-executor\narg: -repeat=0\narg: -procs=1\narg: -sandbox=namespace\n" in said
+    assert "prog: r0 = openat(" in said

@@ -14,7 +14,7 @@ from pytest_fuselab.build.kernel import boot as kernel
 from pytest_fuselab.errors import SettingError
 from pytest_fuselab.settings import resolve
 
-from test_kconfig import GOOD, bzimage
+from test_kernel_config import GOOD, bzimage
 
 RELEASE = "7.9.0-lab"
 MAKEFILE = """modules_install:
