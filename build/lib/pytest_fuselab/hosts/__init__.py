@@ -1,1 +1,0 @@
-"""Many machines: hosts.toml, preparing hosts over SSH (fabric), and pytest-xdist workers on them."""
