@@ -114,6 +114,22 @@ def test_options_a_command_does_not_take_are_refused(capsys: pytest.CaptureFixtu
     assert "unrecognized arguments: --memory 1" in usage_error(["setup", "--memory", "1"], capsys)
 
 
+def options_of(command: str) -> set[str]:
+    """The long options the `fuselab` command `command` takes."""
+    sub = next(a for a in cli_main.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag for action in sub.choices[command]._actions for flag in action.option_strings}
+
+
+def test_budget_and_hosts_are_offered_only_where_they_do_something(capsys: pytest.CaptureFixture[str]) -> None:
+    judging, spreading = {"repro", "bench", "run", "bisect-run"}, {"run", "repro", "bench"}
+    for command in ("repro", "bench", "run", "bisect-run", "exec", "shell", "doctor"):
+        took = options_of(command)
+        assert ("--budget" in took, "--hosts" in took) == (command in judging, command in spreading), command
+        assert "--memory" in took  # the other settings stay everywhere
+    assert "unrecognized arguments: --budget" in usage_error(["exec", "--budget", "5", "true"], capsys)
+    assert "unrecognized arguments: --hosts h.toml" in usage_error(["doctor", "--hosts", "h.toml"], capsys)
+
+
 def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def interrupted(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt

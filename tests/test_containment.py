@@ -15,7 +15,7 @@ import pytest
 from pytest_fuselab.errors import GuestError, GuestLost
 from pytest_fuselab.guest.protocol import DriverRecord, JudgeAnswer, JudgeSpec, StepRecord
 from pytest_fuselab.judge import containment, parallel
-from pytest_fuselab.judge.verdict import item_names, reached_by, refusal_of
+from pytest_fuselab.judge.verdict import item_names, name_of, reached_by, refusal_of
 from pytest_fuselab.reproducers.extracted import Extracted
 from pytest_fuselab.reproducers.sparse import SparseImage
 from pytest_fuselab.vm.guest import Disk
@@ -281,10 +281,11 @@ def test_names_are_the_shortest_path_suffix_that_tells_inputs_apart(tmp_path):
     c0, c1 = image(tmp_path, "prog.syz", 0, "x"), image(tmp_path, "prog.syz", 1, "x")
     d = image(tmp_path, "other.img", 0, "x")
     names = item_names([a, b, c0, c1, d])
-    assert [names[id(i)] for i in (a, b, c0, c1, d)] == [
+    assert [name_of(names, i) for i in (a, b, c0, c1, d)] == [
         "f_a/image.gz", "f_b/image.gz", "prog.syz#0", "prog.syz#1", "other.img"]
     deeper = image(tmp_path, directory="other/tests/f_a")
-    assert item_names([a, deeper])[id(a)].endswith("/tests/f_a/image.gz")
+    assert name_of(item_names([a, deeper]), a).endswith("/tests/f_a/image.gz")
+    assert name_of(None, c1) == "prog.syz#1"  # no names given: the file's name and index
 
 
 def test_verdicts_from_several_guests_are_said_as_they_come_under_the_run_names(tmp_path):
@@ -320,3 +321,39 @@ def test_a_server_left_running_costs_the_next_image_a_fresh_guest_not_its_cpu(tm
     assert [v.verdict for v in runner.judge_item(second, ALL)] == ["clean", "contained", "contained", "contained"]
     assert len(lab.guests) == 2 and lab.guests[1].asked  # judged on a fresh guest
     runner.close()
+
+
+def test_with_next_takes_one_item_ahead_of_a_lazy_source():
+    taken: list[int] = []
+
+    def source():
+        for i in range(3):
+            taken.append(i)
+            yield i
+
+    pairs = containment.with_next(source())
+    assert next(pairs) == (0, 1) and taken == [0, 1]
+    assert list(pairs) == [(1, 2), (2, None)] and list(containment.with_next([])) == []
+
+
+def test_lazy_images_are_judged_one_ahead_under_the_names_given_and_never_built_in_memory(tmp_path, monkeypatch):
+    """Extracted.image makes all the image's bytes: the runners write each disk from its sparse extents."""
+    monkeypatch.setattr(Extracted, "image", property(lambda self: pytest.fail("a whole image built in memory")))
+    items = [image(tmp_path, directory=f"d{i}") for i in range(4)]
+    names = item_names(items)
+    held: list[int] = []
+
+    def lazy():
+        for i, item in enumerate(items):
+            held.append(i)
+            yield item
+
+    heard: list[str] = []
+    runner = containment.ImageRunner(FakeLab(healthy), tmp_path / "run")  # type: ignore[arg-type]
+    for v in runner.run(lazy(), ["kernel", "fuse2fs"], names=names):
+        heard.append(v.image)
+        assert len(held) <= len(set(heard)) + 1  # the image judged and one ahead, no more
+    assert heard == [f"d{i}/image.gz" for i in range(4) for _ in range(2)]
+    verdicts = parallel.judge_images(FakeLab(healthy), tmp_path / "par", iter(items), ["kernel"], guests=3,  # type: ignore[arg-type]
+                                     names=names)
+    assert [v.image for v in verdicts] == [f"d{i}/image.gz" for i in range(4)]  # in the order of the items

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,29 @@ def test_a_host_killed_mid_run_costs_only_its_items(lab_hosts: TestHosts, tmp_pa
     assert "host1: 1 worker(s), LOST" in done.stdout, done.stdout[-3000:]
     assert "re-run after losing host1" in done.stdout or "lab error" in done.stdout
     assert not victim.qemu_pids()
+
+
+def judged(jsonl: Path) -> list[tuple[str, str, str]]:
+    """(image, driver, verdict) of each JSON line of a `fuselab repro --json` file, sorted."""
+    return sorted((v["image"], v["driver"], v["verdict"]) for v in map(json.loads, jsonl.read_text().splitlines()))
+
+
+@pytest.mark.guest
+def test_corpus_over_two_hosts_matches_a_local_run(lab_hosts: TestHosts, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    made = subprocess.run([*FUSELAB, "corpus", "generate", str(corpus), "--count", "3"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    images = sorted(str(p) for p in corpus.iterdir() if p.name != "manifest.jsonl")
+    local = subprocess.run([*FUSELAB, "repro", *images, "--accel", "tcg", "--guests", "2",
+                            "--json", str(tmp_path / "local.jsonl")], capture_output=True, text=True, timeout=900)
+    remote = subprocess.run([*FUSELAB, "repro", *images, "--hosts", str(lab_hosts.hosts_toml),
+                             "--json", str(tmp_path / "hosts.jsonl"), "--html", str(tmp_path / "hosts.html")],
+                            capture_output=True, text=True, timeout=900)
+    assert remote.returncode == local.returncode, remote.stdout[-3000:] + remote.stderr[-3000:]
+    found = judged(tmp_path / "hosts.jsonl")
+    assert len(found) == len({(i, d) for i, d, _ in found}) == len(judged(tmp_path / "local.jsonl")) > 0
+    assert found == judged(tmp_path / "local.jsonl"), remote.stderr[-3000:]
+    assert "judging on host1 (1 slot), host2 (1 slot)" in remote.stderr
+    assert "fuselab hosts: host1: 1 slot(s), ok" in remote.stderr and "verdicts:" in remote.stdout
+    assert (tmp_path / "hosts.html").is_file()
+    assert not lab_hosts.hosts[0].qemu_pids() and not lab_hosts.hosts[1].qemu_pids()

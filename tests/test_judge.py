@@ -127,6 +127,37 @@ def test_the_walk_tells_its_counts_and_a_refusal_its_first_meaningful_words(tmp_
         "mount: /mnt/k: fsconfig() failed: Structure needs cleaning."
 
 
+def test_systemd_runs_own_words_are_never_a_refusal():
+    said = ("Running as unit: fuselab-fs-x-1.service; invocation ID: 0f3c\n"
+            "fuse2fs: Warning: fuse2fs does not support using the journal.\n"
+            "quotas not supported.\nMount failed due to unrecognized options.\n"
+            "Finished with result: exit-code\nMain processes terminated with: code=exited, status=3/NOTIMPLEMENTED\n"
+            "Service runtime: 120ms\nCPU time consumed: 80ms\n"
+            "fuseserver: fuse2fs ended before mounting: exit status 3\n")
+    assert steps.first_words(said) == "quotas not supported."
+    assert steps.first_words("Running as unit: u.service; invocation ID: 1\nFinished with result: signal\n") == ""
+
+
+def test_a_kept_server_left_behind_after_its_mount_is_killed_and_said_so(tmp_path, monkeypatch):
+    """A server whose mount is gone but which still runs is SIGKILLed through the pid its keeper wrote;
+    its keeper then writes its fate, and the record says the lab killed it."""
+    fate = str(tmp_path / "servers" / "m.json")
+    (tmp_path / "m").mkdir()
+    spec = spec_for(tmp_path, ["sh", "true"], fate=fate)
+    assert course.kill_left_behind(spec) == ""  # no keeper, no server: nothing to kill
+    code = ("import sys; from pytest_fuselab.guest import fuseserver; fuseserver.prepare(sys.argv[1]); "
+            "fuseserver.keep(sys.argv[1], ['sleep', '600'])")
+    keeper = subprocess.Popen([sys.executable, "-c", code, fate])
+    try:
+        assert course.wait_for_fate(f"{fate}.pid", 10)
+        monkeypatch.setattr(stalls, "servers", lambda device: [])  # none serves /dev/null: the keeper's child
+        assert course.server_fate(spec) == course.KILLED
+        assert keeper.wait(10) == 0 and course.fate_of(fate) == "killed by SIGKILL"
+        assert course.kill_left_behind(spec) == ""  # it has its fate now
+    finally:
+        keeper.kill()
+
+
 def spec_for(tmp_path: Path, mount: list[str], **kw: object) -> DriverSpec:
     return DriverSpec(name="k", device="/dev/null", mountpoint=str(tmp_path / "m"), mount=mount,
                       unmount=["true"], **kw)  # type: ignore[arg-type]

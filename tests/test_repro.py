@@ -16,7 +16,7 @@ import pytest
 from pytest_fuselab.cli.bench import stalling_image
 from pytest_fuselab.cli.progress import Progress, duration
 from pytest_fuselab.cli.repro import Report, interrupts_as_keyboard
-from pytest_fuselab.errors import SettingError
+from pytest_fuselab.errors import FuselabError, SettingError
 from pytest_fuselab.judge.containment import Step, Verdict
 
 DATA = Path(__file__).parent / "data" / "repro"
@@ -38,6 +38,25 @@ def test_json_lines_are_written_and_flushed_as_verdicts_arrive(tmp_path, capsys)
     assert "interrupted after 2 verdicts" in page and "f_a/image.gz" in page
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("CONTAINED fuse2fs") and "interrupted after 2 verdicts" in out
+
+
+def test_inputs_are_named_in_a_first_pass_and_extracted_anew_one_input_at_a_time(tmp_path):
+    """repro holds no list of images: a first pass keeps their keys (names, count), each round extracts again."""
+    import types
+
+    from pytest_fuselab.cli.repro import Inputs
+    from pytest_fuselab.judge.verdict import name_of
+
+    for d in ("f_a", "f_b"):
+        (tmp_path / d).mkdir()
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", str(tmp_path / d / "image.img"), "1M"], check=True)
+    inputs = Inputs.read([tmp_path], 64 << 20)
+    assert len(inputs.keys) == 2 and isinstance(inputs.images(), types.GeneratorType)
+    names = inputs.names()
+    assert [name_of(names, item) for item in inputs.images()] == ["f_a/image.img", "f_b/image.img"]
+    (tmp_path / "bad.syz").write_text("syz_mount_image$ext4(&(0x7f0000000000)='ext4\\x00', 0x0, 0x0, 0x0, 0x0)\n")
+    with pytest.raises(FuselabError):  # a bad input is refused in the first pass, before any guest
+        Inputs.read([tmp_path / "bad.syz"], 64 << 20)
 
 
 def test_a_report_path_that_cannot_be_written_fails_before_the_run(tmp_path):

@@ -150,7 +150,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    figures = run(settings_from(args), runs=args.runs, images=args.images, guests=args.guests)
+    settings = settings_from(args)
+    if settings.hosts is not None:  # images_per_min over the machines of hosts.toml
+        from pytest_fuselab.hosts import runs
+
+        figures = runs.bench(settings, images=args.images)
+    else:
+        figures = run(settings, runs=args.runs, images=args.images, guests=args.guests)
     if args.json:
         print(json.dumps(figures, indent=1))
     else:

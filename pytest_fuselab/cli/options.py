@@ -21,10 +21,21 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_settings(parser: argparse.ArgumentParser) -> None:
-    """The lab settings as options of one command."""
+# settings that only some commands use, and those commands: elsewhere they would do nothing
+ONLY_FOR = {"budget": ("repro", "bench", "run", "bisect-run"),  # the commands that judge hostile images
+            "hosts": ("run", "repro", "bench")}  # those that can spread their work over other machines
+
+
+def offered(name: str, command: str) -> bool:
+    """Whether the `fuselab` command `command` takes the setting `name` as an option."""
+    return name in EXPOSED and command in ONLY_FOR.get(name, (command,))
+
+
+def add_settings(parser: argparse.ArgumentParser, command: str | None = None) -> None:
+    """The lab settings as options of one command (`command`: its name, by default the last word of its prog)."""
+    command = command or parser.prog.split()[-1]
     for opt in OPTIONS:
-        if opt.name in EXPOSED:
+        if offered(opt.name, command):
             parser.add_argument(flag(opt.name), dest=opt.name, metavar=opt.metavar, help=f"{opt.help} (env {opt.env})")
 
 

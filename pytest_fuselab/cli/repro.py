@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -17,7 +18,7 @@ from pytest_fuselab.errors import SettingError
 from pytest_fuselab.judge.drivers import DRIVERS
 from pytest_fuselab.judge import program
 from pytest_fuselab.lab import Lab
-from pytest_fuselab.judge.verdict import ERROR
+from pytest_fuselab.judge.verdict import ERROR, Key, item_keys, key_names
 from pytest_fuselab.settings import Settings
 from pytest_fuselab.text import printable
 from pytest_fuselab.workdirs import work_dir
@@ -53,17 +54,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_repro(args: argparse.Namespace) -> int:
     """Extract the images of reproducers or image files, run each through the drivers, judge;
     exit 1 on a containment breach, else 3 when the lab failed to judge something, else 0."""
-    from pytest_fuselab import reproducers
-
     settings = settings_from(args)  # a bad setting is refused before any file is read
     report = Report.open(args.json, args.html)  # so is an output file that cannot be written
     ran = program.run_cli(args, settings)  # the programs of .c/.syz inputs (--mode); the rest is for the image judge
     if not ran.image_paths:
         return ran.status
-    items = reproducers.extract_all(ran.image_paths, size_limit=args.size_limit << 20)
+    inputs = Inputs.read(ran.image_paths, args.size_limit << 20)  # a bad input is refused before any guest
     try:
         with interrupts_as_keyboard():
-            judge(args, settings, items, report)
+            judge(args, settings, inputs, report)
     except BaseException as exc:
         report.close(stopped="interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error")
         raise
@@ -73,6 +72,32 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(f"{len(verdicts)} verdicts: {breaches} containment breaches, "
           f"{sum(v.verdict == 'finding' for v in verdicts)} kernel findings, {errors} lab errors")
     return 1 if breaches or ran.status == 1 else LAB_ERROR if errors or ran.status else 0
+
+
+@dataclass
+class Inputs:
+    """The images of a run's inputs, extracted anew on each pass over them (one input's images
+    held at a time, as sparse extents), and the keys that name them (verdict.key_names)."""
+
+    paths: list[Path]
+    size_limit: int
+    keys: list[Key] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, paths: list[Path], size_limit: int) -> Inputs:
+        """A first pass: every input read (a bad one refused now), its images counted and named, none kept."""
+        inputs = cls(paths, size_limit)
+        inputs.keys = item_keys(inputs.images())
+        return inputs
+
+    def images(self) -> Iterator[Extracted]:
+        """The images, one input at a time."""
+        from pytest_fuselab import reproducers
+
+        return reproducers.iter_extract(self.paths, self.size_limit)
+
+    def names(self) -> dict[Key, str]:
+        return key_names(self.keys)
 
 
 class Report:
@@ -163,10 +188,15 @@ def interrupts_as_keyboard() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted], report: Report) -> None:
-    """Every item through the chosen drivers, `--repeat` times, each verdict reported as it comes."""
+def judge(args: argparse.Namespace, settings: Settings, inputs: Inputs, report: Report) -> None:
+    """Every image through the chosen drivers, `--repeat` times (extracted again for each round, one
+    input at a time), each verdict reported as it comes."""
     from pytest_fuselab.judge import containment, parallel
 
+    if settings.hosts is not None:  # judged on the machines of hosts.toml, over execnet channels
+        from pytest_fuselab.hosts import runs
+
+        return runs.repro(args, settings, inputs, report)
     with work_dir("fuselab-repro-") as tmp:
         lab = Lab(settings, Path(tmp))
         usable = containment.usable_drivers(lab)
@@ -176,16 +206,17 @@ def judge(args: argparse.Namespace, settings: Settings, items: list[Extracted], 
             raise SettingError(f"--driver {name}: this guest's stack cannot run it ({missing}); "
                                "use --stack with a service stack")
         report.repeat = args.repeat
-        report.progress = progress = Progress(len(items) * args.repeat, per=len(drivers))
+        report.progress = progress = Progress(len(inputs.keys) * args.repeat, per=len(drivers))
         lab.progress = progress.message
+        names = inputs.names()
         for n in range(args.repeat):
             workdir = Path(tmp) / f"round{n}"
             if args.guests > 1:
-                parallel.judge_images(lab, workdir, items, drivers, args.guests, said=report.said,
-                                         watch=progress.status)
+                parallel.judge_images(lab, workdir, inputs.images(), drivers, args.guests, said=report.said,
+                                      watch=progress.status, names=names)
             else:
                 runner = containment.ImageRunner(lab, workdir, watch=progress.status)
-                for _v in runner.run(items, drivers, report.said):
+                for _v in runner.run(inputs.images(), drivers, report.said, names):
                     pass
 
 

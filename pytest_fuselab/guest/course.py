@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pwd
+import signal
 import subprocess
 import time
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 MNT_DETACH = 2
 REACH = {"mount": "mounted", "walk": "walked", "modify": "modified", "unmount": "unmounted", "fsck": "checked"}
 OUT_OF_TIME = "judge: the request's budget ran out before this step"
+LEFT_BEHIND = "still running after the unmount"
+KILLED = "killed by the lab (SIGKILL): still running after its mount was detached"
+HUNG_WAIT = 5.0  # seconds a server whose connection was aborted gets to exit after the unmount
+ABORT_GRACE = 2.0  # seconds a kept server gets to end by itself once its mount is gone, before it is killed
 
 
 def do_mount(spec: DriverSpec) -> int:
@@ -106,6 +111,42 @@ def detach(mountpoint: str) -> bool:
     return True
 
 
+def kill_left_behind(spec: DriverSpec, wait: float = 2.0) -> str:
+    """A kept server still running once its mount is gone (connection aborted, mount detached):
+    SIGKILL it (each process serving the device, then the keeper's child) and say so; "" if none was."""
+    if not spec.fate or os.path.exists(spec.fate) or fuseserver.is_mounted(spec.mountpoint):
+        return ""
+    killed = False
+    for find in (stalls.servers, lambda device: [fuseserver.kept_server(spec.fate or "")]):
+        for pid in find(spec.device):
+            killed = kill(pid) or killed
+        if killed and wait_for_fate(spec.fate, wait):
+            break
+    if not killed:
+        return ""
+    fate = fate_of(spec.fate)
+    return KILLED if not fate or fate.startswith("killed by SIGKILL") else fate
+
+
+def kill(pid: int | None) -> bool:
+    """SIGKILL `pid`; whether it was there to kill."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
+
+
+def server_fate(spec: DriverSpec, wait: float = ABORT_GRACE) -> str:
+    """A kept server's fate once its mount is gone: its own (waited for up to `wait` seconds), or
+    killed by the lab when it stayed behind ("" at once when no keeper ever started one)."""
+    if not spec.fate or not (os.path.exists(spec.fate) or os.path.exists(f"{spec.fate}.pid")):
+        return ""
+    return fate_of(spec.fate, wait) or kill_left_behind(spec)
+
+
 class Course:
     """One driver through its steps: the budget (`until`, monotonic), the watch, the record so far."""
 
@@ -145,8 +186,11 @@ class Course:
         return step
 
     def stop(self) -> DriverRecord:
-        """The budget ran out: abort and detach, and record every step not run as timed out."""
+        """The budget ran out: abort and detach (a kept server left behind killed), and record every
+        step not run as timed out."""
         detach(self.spec.mountpoint)
+        if self.spec.fate and self.record.server in ("-", LEFT_BEHIND):
+            self.record.server = server_fate(self.spec) or self.record.server
         ran = {s.name for s in self.record.steps}
         self.record.steps += [StepRecord(n, -1, OUT_OF_TIME, 0.0) for n in self.names() if n not in ran]
         return self.record
@@ -178,7 +222,8 @@ def refused(course: Course, mount: StepRecord | None, began: float) -> DriverRec
         record.reached = "refused"
         record.refusal = f"{course.told.get('first') or 'no words'} (exit status {mount.status})"[-300:]
     left = detach(spec.mountpoint)  # a sandbox's mount whose server never answered, say
-    record.server = fate_of(spec.fate, 3 if left else 0) or (spec.units and service_fate(spec.units, began)) or "-"
+    record.server = (server_fate(spec, 3 if left else ABORT_GRACE) if spec.fate else "") or (
+        spec.units and service_fate(spec.units, began)) or "-"
     return course.stop() if mount is None or course.out_of_time() else record
 
 
@@ -216,14 +261,15 @@ def unmount_and_check(course: Course, began: float) -> None:
     unmount = course.step("unmount", lambda d, w, t: command_step("unmount", d, spec.user, spec.unmount, w, t))
     if unmount is None:
         return
-    if unmount.status == 0 and fate and not wait_for_fate(fate, course.deadlines["unmount"]):
+    wait = min(HUNG_WAIT, course.deadlines["unmount"]) if record.hung else course.deadlines["unmount"]
+    if unmount.status == 0 and fate and not wait_for_fate(fate, wait):
         unmount.status = 1
-        unmount.said += f"\njudge: the server had not exited {course.deadlines['unmount']} s after the unmount"
+        unmount.said += f"\njudge: the server had not exited {wait:g} s after the unmount"
     if fuseserver.is_mounted(mnt):
         record.stuck_mount = True
         detach(mnt)
     if fate and record.server == "-":
-        record.server = fate_of(fate) or "still running after the unmount"
+        record.server = server_fate(spec) or LEFT_BEHIND
     elif spec.units:  # the unmount step waited for the instance to go
         record.server = service_fate(spec.units, began) or "-"
     if not spec.checker:

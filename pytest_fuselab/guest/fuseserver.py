@@ -117,7 +117,7 @@ def tail(path: str, lines: int = 15) -> str:
 def prepare(fate: str) -> None:
     """Make way for a new fate record at `fate`."""
     os.makedirs(os.path.dirname(fate), exist_ok=True)
-    for stale in (fate, f"{fate}.log"):
+    for stale in (fate, f"{fate}.log", f"{fate}.pid"):
         if os.path.exists(stale):
             os.unlink(stale)  # the lab removes another user's records before (Driver.prepare_command)
 
@@ -148,6 +148,9 @@ def keep(fate: str, argv: list[str], log: str | None = None, stdin: int | None =
         return 0
     if stdin is not None:
         os.close(stdin)
+    with open(f"{fate}.pid.tmp", "w") as f:  # for the judge, to kill a server left behind
+        json.dump({"keeper": os.getpid(), "server": child}, f)
+    os.replace(f"{fate}.pid.tmp", f"{fate}.pid")
     signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
     while True:
         try:
@@ -161,6 +164,18 @@ def keep(fate: str, argv: list[str], log: str | None = None, stdin: int | None =
         record = told
     write_fate(fate, {"server": server or os.path.basename(argv[0]), "pid": child, **record})
     return 0
+
+
+def kept_server(fate: str) -> int | None:
+    """The pid of the process the keeper of `fate` spawned, while it is still the keeper's child."""
+    try:
+        with open(f"{fate}.pid") as f:
+            said = json.load(f)
+        with open(f"/proc/{int(said['server'])}/stat") as f:
+            ppid = int(f.read().rpartition(") ")[2].split()[1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return int(said["server"]) if ppid == said.get("keeper") else None
 
 
 def start(fate: str, mountpoint: str, argv: list[str], stdin: int | None = None, server: str | None = None) -> int:

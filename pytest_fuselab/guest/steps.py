@@ -37,6 +37,10 @@ SAID = 300  # the end of a step's output kept in its record
 _told: list[int] = []  # in a step's child: the fd its facts go to (tell)
 NOISE = re.compile(r"warning|mount failed due to unrecognized options|fuseserver: |judge: |dmesg\(1\) may have"
                    r"|there may be file system corruption|the file system is not gracefully", re.I)  # explain nothing
+# systemd-run's own words around a sandboxed server's (--pipe --wait): never a refusal's cause
+SYSTEMD_RUN = re.compile(r"Running as unit: |Finished with result: |Main processes terminated with: |Service runtime: "
+                         r"|CPU time consumed: |Memory peak: |Memory swap peak: |IP traffic received: |IP traffic sent: "
+                         r"|IO bytes read: |IO bytes written: |Press \^\] three times")
 
 
 def tell(**facts: object) -> None:
@@ -47,7 +51,7 @@ def tell(**facts: object) -> None:
 
 def first_words(text: str) -> str:
     """The first line of `text` that says something: a refusal's cause rather than its last, generic words."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not SYSTEMD_RUN.match(line.strip())]
     return next((line for line in lines if not NOISE.match(line) and "journal" not in line), lines[0] if lines else "")
 
 

@@ -15,7 +15,7 @@ import concurrent.futures
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +29,7 @@ from pytest_fuselab.judge.filesystems import is_ext, not_judged
 from pytest_fuselab.judge.health import Health, check
 from pytest_fuselab.lab import Lab
 from pytest_fuselab.judge.verdict import BUDGET as BUDGET, ERROR as ERROR, UNJUDGED as UNJUDGED, Step as Step
-from pytest_fuselab.judge.verdict import Budget, Verdict as Verdict, failed, item_names, take_record
+from pytest_fuselab.judge.verdict import Budget, Key, Verdict as Verdict, failed, item_names, name_of, take_record
 from pytest_fuselab.reproducers import Extracted
 from pytest_fuselab.text import printable
 from pytest_fuselab.vm.guest import Disk, Guest
@@ -342,12 +342,15 @@ class ImageRunner:
         disk.host_path.unlink(missing_ok=True)
         return None
 
-    def run(self, items: list[Extracted], drivers: list[str],
-            said: Callable[[Verdict], None] | None = None) -> Iterator[Verdict]:
-        names = item_names(items)
+    def run(self, items: Iterable[Extracted], drivers: list[str], said: Callable[[Verdict], None] | None = None,
+            names: dict[Key, str] | None = None) -> Iterator[Verdict]:
+        """Each item's verdicts, in order; `items` may be lazy (one image held, and the next one
+        plugged ahead); `names` from verdict.item_names (made here when `items` is a list)."""
+        if names is None and isinstance(items, list):
+            names = item_names(items)
         try:
             for item, after in with_next(items):
-                for verdict in self.judge_item(item, drivers, after, names[id(item)]):
+                for verdict in self.judge_item(item, drivers, after, name_of(names, item)):
                     if said:
                         said(verdict)
                     yield verdict
@@ -368,6 +371,11 @@ class ImageRunner:
             self.guest = None
 
 
-def with_next(items: list[T]) -> list[tuple[T, T | None]]:
-    """Each of `items` with the one after it (None after the last)."""
-    return list(zip(items, [*items[1:], None], strict=True))
+def with_next(items: Iterable[T]) -> Iterator[tuple[T, T | None]]:
+    """Each of `items` with the one after it (None after the last), taking one item ahead only."""
+    it = iter(items)
+    for current in it:
+        for after in it:
+            yield current, after
+            current = after
+        yield current, None

@@ -4,6 +4,7 @@ image's wall-clock budget (judge/containment.py decides them)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,12 +109,30 @@ def take_record(v: Verdict, record: DriverRecord) -> None:
     v.entries, v.walk_errors = record.entries, record.walk_errors
 
 
-def item_names(items: list[Extracted]) -> dict[int, str]:
-    """Each item's name (by id): the shortest path suffix telling its input apart, with #N when
-    that input gave several images."""
-    short = suffixes(item.source for item in items)
+Key = tuple[Path, int]  # an image: its input, and its index among that input's images
+
+
+def item_keys(items: Iterable[Extracted]) -> list[Key]:
+    """The key of each item (a pass over lazily extracted items holds none of them)."""
+    return [(item.source, item.index) for item in items]
+
+
+def key_names(keys: list[Key]) -> dict[Key, str]:
+    """Each image's name: the shortest path suffix telling its input apart, with #N when that
+    input gave several images."""
+    short = suffixes(source for source, _ in keys)
     per_source: dict[Path, set[int]] = {}
-    for item in items:
-        per_source.setdefault(item.source, set()).add(item.index)
-    return {id(item): short[item.source] + (f"#{item.index}" if len(per_source[item.source]) > 1 else "")
-            for item in items}
+    for source, index in keys:
+        per_source.setdefault(source, set()).add(index)
+    return {(source, index): short[source] + (f"#{index}" if len(per_source[source]) > 1 else "")
+            for source, index in keys}
+
+
+def item_names(items: Iterable[Extracted]) -> dict[Key, str]:
+    """Each item's name, by its key (item_keys): see key_names."""
+    return key_names(item_keys(items))
+
+
+def name_of(names: dict[Key, str] | None, item: Extracted) -> str:
+    """`item`'s name in `names`, or its file's name and index when it has none there."""
+    return (names or {}).get((item.source, item.index)) or f"{item.source.name}#{item.index}"

@@ -16,6 +16,7 @@ from pytest_fuselab import corpus
 from pytest_fuselab import reproducers
 from pytest_fuselab.judge.containment import judge
 from pytest_fuselab.judge.drivers import DRIVERS
+from pytest_fuselab.judge.verdict import ERROR, Budget
 from pytest_fuselab.plugin.scenario import corpus_dir
 
 
@@ -32,14 +33,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("hostile,driver", params)
 
 
-def test_hostile_image(fuselab_guest, hostile, driver, tmp_path, record_property):
-    v = judge(fuselab_guest, tmp_path / "disk.raw", f"{hostile.source.name}#{hostile.index}", hostile, DRIVERS[driver])
+def test_hostile_image(fuselab_lab, fuselab_guest, hostile, driver, tmp_path, record_property):
+    name = f"{hostile.source.name}#{hostile.index}"
+    v = judge(fuselab_guest, tmp_path / "disk.raw", name, hostile, DRIVERS[driver], Budget(fuselab_lab.settings.budget))
     record_property("verdict", v.verdict)
+    record_property("reached", v.reached or "-")
     record_property("steps", " ".join(f"{s.name}={s.status}" for s in v.steps))
-    if v.verdict == "skipped":
-        pytest.skip(v.steps[0].said)
+    if v.verdict == "n/a":
+        pytest.skip(f"{driver} does not take this image: {v.evidence}")
+    if v.verdict == ERROR:
+        pytest.fail(f"the lab could not judge {name} with {driver}: {v.evidence}", pytrace=False)
     if v.verdict == "finding":
-        pytest.xfail(f"kernel ext4 finding: {'; '.join(v.splats)}")
+        pytest.xfail(f"kernel finding: {'; '.join(v.splats)}")
     assert v.verdict in ("contained", "clean"), (
         f"containment breach with {driver}: {'; '.join(v.splats) or 'mount could not be removed'}; "
         f"steps: {v.steps}; server: {v.server}")
