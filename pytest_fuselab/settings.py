@@ -117,7 +117,7 @@ class Option:
 
 
 OPTIONS = [
-    Option("image", "guest image recipe: a name in images/ or a .toml path", "sid", str, "NAME"),
+    Option("image", "guest image recipe: a name in pytest_fuselab/recipes/ or a .toml path", "sid", str, "NAME"),
     Option("kernel", "boot this kernel instead of the image's Debian kernel: a bzImage file or a kernel build "
            "tree (its arch/x86/boot/bzImage and modules)", "", _kernel, "PATH"),
     Option("accel", "acceleration: auto (probe KVM, else TCG), kvm or tcg", "auto",

@@ -69,7 +69,7 @@ def available(directory: Path = IMAGES_DIR) -> list[str]:
 
 
 def load(name_or_path: str, directory: Path = IMAGES_DIR) -> Recipe:
-    """Load a recipe by name (images/NAME.toml) or by path."""
+    """Load a recipe by name (recipes/NAME.toml) or by path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"

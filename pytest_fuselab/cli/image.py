@@ -13,7 +13,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`fuselab image`."""
     img = sub.add_parser("image", help="build, list or remove guest images")
     img.add_argument("action", choices=["build", "list", "clean"])
-    img.add_argument("--recipe", default="sid", help="recipe name in images/ or a .toml path (default: sid)")
+    img.add_argument("--recipe", default="sid", help="recipe name in pytest_fuselab/recipes/ or a .toml path (default: sid)")
     img.add_argument("--rebuild", action="store_true", help="build even if a cached image looks fine")
     img.add_argument("--refresh", action="store_true", help="read the archive's package versions now")
     img.add_argument("--all", action="store_true", help="with clean: remove every image and snapshot")
