@@ -207,11 +207,12 @@ def start(fate: str, mountpoint: str, argv: list[str], stdin: int | None = None,
 def answers(mountpoint: str) -> bool:
     """Whether the filesystem at `mountpoint` answers a stat (a FUSE server: once it serves).
     An error is an answer too (a root inode that is not a directory gives EIO), except the
-    connection's end (the server went away: its fate tells)."""
+    connection's end (the server went away: its fate tells) and ECONNREFUSED, the kernel's word
+    for a connection whose INIT the server never answered (fuse2fs refusing an option)."""
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV)
+        return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.ECONNREFUSED)
     return True
 
 
