@@ -129,7 +129,8 @@ def test_corpus_over_two_hosts_matches_a_local_run(lab_hosts: TestHosts, tmp_pat
     found = judged(tmp_path / "hosts.jsonl")
     assert len(found) == len({(i, d) for i, d, _ in found}) == len(judged(tmp_path / "local.jsonl")) > 0
     assert found == judged(tmp_path / "local.jsonl"), remote.stderr[-3000:]
-    assert "judging on host1 (1 slot), host2 (1 slot)" in remote.stderr
-    assert "fuselab hosts: host1: 1 slot(s), ok" in remote.stderr and "verdicts:" in remote.stdout
+    first, second = (h.name for h in lab_hosts.hosts)
+    assert f"judging on {first} (1 slot), {second} (1 slot)" in remote.stderr
+    assert f"fuselab hosts: {first}: 1 slot(s), ok" in remote.stderr and "verdicts:" in remote.stdout
     assert (tmp_path / "hosts.html").is_file()
     assert not lab_hosts.hosts[0].qemu_pids() and not lab_hosts.hosts[1].qemu_pids()

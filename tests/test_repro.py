@@ -40,6 +40,16 @@ def test_json_lines_are_written_and_flushed_as_verdicts_arrive(tmp_path, capsys)
     assert out.splitlines()[0].startswith("CONTAINED fuse2fs") and "interrupted after 2 verdicts" in out
 
 
+def test_the_matrix_follows_the_inputs_order_whatever_guest_answered_first(capsys):
+    report = Report(None, None)
+    report.order = ["f_a/image.gz", "f_b/image.gz"]
+    for v in (verdict("f_b/image.gz"), verdict("f_a/image.gz"), verdict("f_a/image.gz", "kernel", "clean")):
+        report.said(v)
+    report.close()
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith(("image ", "f_"))]
+    assert rows[-3:] == ["image", "f_a/image.gz", "f_b/image.gz"]
+
+
 def test_inputs_are_named_in_a_first_pass_and_extracted_anew_one_input_at_a_time(tmp_path):
     """repro holds no list of images: a first pass keeps their keys (names, count), each round extracts again."""
     import types
@@ -108,9 +118,9 @@ def test_repro_judges_each_image_and_driver(tmp_path):
                   "--html", str(tmp_path / "m.html"))
     assert out.returncode == 0, out.stdout + out.stderr
     verdicts = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
-    assert [(v["image"], v["driver"]) for v in verdicts] == [
-        ("syz_mount_image_ext4_40.syz", "kernel"), ("syz_mount_image_ext4_40.syz", "fuse2fs"),
-        ("good.img", "kernel"), ("good.img", "fuse2fs")]  # one image each: no #N
+    assert sorted((v["image"], v["driver"]) for v in verdicts) == [  # as they came from the two guests
+        ("good.img", "fuse2fs"), ("good.img", "kernel"),
+        ("syz_mount_image_ext4_40.syz", "fuse2fs"), ("syz_mount_image_ext4_40.syz", "kernel")]  # one image each: no #N
     by = {(v["image"], v["driver"]): v for v in verdicts}
     clean = by[("good.img", "fuse2fs")]
     assert clean["verdict"] == "contained"

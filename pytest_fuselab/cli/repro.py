@@ -60,6 +60,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     if not ran.image_paths:
         return ran.status
     inputs = Inputs.read(ran.image_paths, args.size_limit << 20)  # a bad input is refused before any guest
+    report.order = list(inputs.names().values())  # the matrix in the order of the inputs, not of arrival
     try:
         with interrupts_as_keyboard():
             judge(args, settings, inputs, report)
@@ -110,6 +111,7 @@ class Report:
         self.verdicts: list[Verdict] = []
         self.progress: Progress | None = None
         self.repeat = 1
+        self.order: list[str] = []  # image names in input order (the matrix rows); [] = as they came
 
     @classmethod
     def open(cls, json_path: Path | None, html: Path | None) -> Report:
@@ -140,6 +142,11 @@ class Report:
         else:
             print(line(v), flush=True)
 
+    def in_order(self) -> list[Verdict]:
+        """The verdicts by the order of their images among the inputs (as they came within one image)."""
+        rank = {name: i for i, name in enumerate(self.order)}
+        return sorted(self.verdicts, key=lambda v: rank.get(v.image, len(rank)))
+
     def close(self, stopped: str = "") -> None:
         """The end of a run, or of what was judged of it when `stopped` says why: the matrix, the
         per-driver summary, the HTML page."""
@@ -152,11 +159,11 @@ class Report:
             out.close()
         note = f"{stopped} after {len(self.verdicts)} verdicts" if stopped else ""
         if self.html is not None:
-            self.html.write_text(matrix.page(self.verdicts, note=note), encoding="utf-8")
+            self.html.write_text(matrix.page(self.in_order(), note=note), encoding="utf-8")
             print(f"fuselab: matrix page in {printable(str(self.html), lines=False)}" + (f" ({note})" if note else ""))
         if stopped:
             return
-        print("\n".join(matrix.terminal(self.verdicts)))
+        print("\n".join(matrix.terminal(self.in_order())))
         if self.repeat > 1:
             print("\n".join(triage.fire_rates(self.verdicts, self.repeat)))
         print("\n".join(triage.exercised(self.verdicts)))

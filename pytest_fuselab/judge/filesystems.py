@@ -35,7 +35,7 @@ FILESYSTEMS = {fs.name: fs for fs in (
     _fs("msdos", package="dosfstools", checker="fsck.fat -n"),
     _fs("exfat", package="exfatprogs", checker="fsck.exfat -n"),
     _fs("btrfs", package="btrfs-progs", checker="btrfs check --readonly"),
-    _fs("xfs", package="xfsprogs", checker="xfs_repair -n"),
+    _fs("xfs", package="xfsprogs", checker="xfs_repair -n -o force_geometry"),
     _fs("f2fs", package="f2fs-tools", checker="fsck.f2fs --dry-run -f"),
     _fs("jfs", package="jfsutils", checker="jfs_fsck -n"),
     _fs("hfsplus", package="hfsplus", checker="hpfsck",
