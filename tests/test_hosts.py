@@ -57,7 +57,7 @@ def test_check_lists_both_hosts_with_the_image(lab_hosts: TestHosts) -> None:
     done = subprocess.run([*FUSELAB, "hosts", "check", str(lab_hosts.hosts_toml)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[2:]}
-    assert set(rows) == {"host1", "host2"}
+    assert set(rows) == {h.name for h in lab_hosts.hosts}
     assert all(" ok " in row and "TCG" in row and "sid-" in row for row in rows.values()), done.stdout
 
 
@@ -65,7 +65,7 @@ def test_unreachable_host_is_reported_and_skipped(lab_hosts: TestHosts, tmp_path
     with TestHosts(tmp_path / "dead", count=1, first=9) as dead:
         dead.hosts[0].kill()  # its namespace and address stay; nothing answers on port 22
         toml = tmp_path / "hosts.toml"
-        toml.write_text(lab_hosts.hosts_toml.read_text() + '\n[[host]]\nssh = "root@10.213.9.2"\nname = "gone"\n')
+        toml.write_text(lab_hosts.hosts_toml.read_text() + f'\n[[host]]\nssh = "root@{dead.hosts[0].address}"\nname = "gone"\n')
         done = pytest_run([f"--fuselab-hosts={toml}", "tests/test_hosts_config.py"], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "host gone skipped: unreachable" in done.stderr
@@ -79,7 +79,7 @@ def test_scenario_over_two_hosts_matches_a_local_run(lab_hosts: TestHosts, tmp_p
     remote = pytest_run([f"--fuselab-hosts={lab_hosts.hosts_toml}", *ITEMS[:2]], tmp_path / "hosts")
     assert remote.returncode == local.returncode, remote.stdout[-3000:]
     assert outcomes(tmp_path / "hosts" / "junit.xml") == outcomes(tmp_path / "local" / "junit.xml")
-    assert "fuselab summary" in remote.stdout and "host1: 1 worker(s), ok" in remote.stdout
+    assert "fuselab summary" in remote.stdout and f"{lab_hosts.hosts[0].name}: 1 worker(s), ok" in remote.stdout
     assert not lab_hosts.hosts[0].qemu_pids() and not lab_hosts.hosts[1].qemu_pids()
 
 
@@ -100,12 +100,12 @@ def test_a_host_killed_mid_run_costs_only_its_items(lab_hosts: TestHosts, tmp_pa
     killer.start()
     done = pytest_run([f"--fuselab-hosts={lab_hosts.hosts_toml}", *ITEMS], tmp_path)
     killer.join()
-    assert killed, "no guest ever ran on host1"
+    assert killed, f"no guest ever ran on {victim.name}"
     found = outcomes(tmp_path / "junit.xml")
     assert sorted(found) == sorted(item.split("::")[1] for item in ITEMS), done.stdout[-3000:]
     assert set(found.values()) <= {"passed", "error"}, done.stdout[-3000:]  # never a test failure
-    assert "host1: 1 worker(s), LOST" in done.stdout, done.stdout[-3000:]
-    assert "re-run after losing host1" in done.stdout or "lab error" in done.stdout
+    assert f"{victim.name}: 1 worker(s), LOST" in done.stdout, done.stdout[-3000:]
+    assert f"re-run after losing {victim.name}" in done.stdout or "lab error" in done.stdout
     assert not victim.qemu_pids()
 
 
