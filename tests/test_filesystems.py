@@ -38,7 +38,7 @@ def test_every_syzkaller_filesystem_is_in_the_table_or_named_as_not_mountable():
 
 @pytest.mark.parametrize(("fstype", "checker", "readonly"), [
     ("vfat", ["fsck.fat", "-n"], False), ("exfat", ["fsck.exfat", "-n"], False),
-    ("btrfs", ["btrfs", "check", "--readonly"], False), ("xfs", ["xfs_repair", "-n"], False),
+    ("btrfs", ["btrfs", "check", "--readonly"], False), ("xfs", ["xfs_repair", "-n", "-o", "force_geometry"], False),
     ("f2fs", ["fsck.f2fs", "--dry-run", "-f"], False), ("jfs", ["jfs_fsck", "-n"], False),
     ("ext3", ["e2fsck", "-fn"], False), ("squashfs", ["unsquashfs", "-no-progress", "-lls"], True),
     ("iso9660", [], True),
