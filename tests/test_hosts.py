@@ -83,32 +83,6 @@ def test_scenario_over_two_hosts_matches_a_local_run(lab_hosts: TestHosts, tmp_p
     assert not lab_hosts.hosts[0].qemu_pids() and not lab_hosts.hosts[1].qemu_pids()
 
 
-@pytest.mark.guest
-def test_a_host_killed_mid_run_costs_only_its_items(lab_hosts: TestHosts, tmp_path: Path) -> None:
-    victim = lab_hosts.hosts[0]
-    killed: list[int] = []
-
-    def kill_when_a_guest_runs() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not killed:
-            if victim.qemu_pids():
-                time.sleep(3)
-                killed.extend(victim.kill())
-            time.sleep(0.5)
-
-    killer = threading.Thread(target=kill_when_a_guest_runs)
-    killer.start()
-    done = pytest_run([f"--fuselab-hosts={lab_hosts.hosts_toml}", *ITEMS], tmp_path)
-    killer.join()
-    assert killed, f"no guest ever ran on {victim.name}"
-    found = outcomes(tmp_path / "junit.xml")
-    assert sorted(found) == sorted(item.split("::")[1] for item in ITEMS), done.stdout[-3000:]
-    assert set(found.values()) <= {"passed", "error"}, done.stdout[-3000:]  # never a test failure
-    assert f"{victim.name}: 1 worker(s), LOST" in done.stdout, done.stdout[-3000:]
-    assert f"re-run after losing {victim.name}" in done.stdout or "lab error" in done.stdout
-    assert not victim.qemu_pids()
-
-
 def judged(jsonl: Path) -> list[tuple[str, str, str]]:
     """(image, driver, verdict) of each JSON line of a `fuselab repro --json` file, sorted."""
     return sorted((v["image"], v["driver"], v["verdict"]) for v in map(json.loads, jsonl.read_text().splitlines()))
@@ -134,3 +108,30 @@ def test_corpus_over_two_hosts_matches_a_local_run(lab_hosts: TestHosts, tmp_pat
     assert f"fuselab hosts: {first}: 1 slot(s), ok" in remote.stderr and "verdicts:" in remote.stdout
     assert (tmp_path / "hosts.html").is_file()
     assert not lab_hosts.hosts[0].qemu_pids() and not lab_hosts.hosts[1].qemu_pids()
+
+
+# Last: it kills a host of the module's fixture for good.
+@pytest.mark.guest
+def test_a_host_killed_mid_run_costs_only_its_items(lab_hosts: TestHosts, tmp_path: Path) -> None:
+    victim = lab_hosts.hosts[0]
+    killed: list[int] = []
+
+    def kill_when_a_guest_runs() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            if victim.qemu_pids():
+                time.sleep(3)
+                killed.extend(victim.kill())
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_when_a_guest_runs)
+    killer.start()
+    done = pytest_run([f"--fuselab-hosts={lab_hosts.hosts_toml}", *ITEMS], tmp_path)
+    killer.join()
+    assert killed, f"no guest ever ran on {victim.name}"
+    found = outcomes(tmp_path / "junit.xml")
+    assert sorted(found) == sorted(item.split("::")[1] for item in ITEMS), done.stdout[-3000:]
+    assert set(found.values()) <= {"passed", "error"}, done.stdout[-3000:]  # never a test failure
+    assert f"{victim.name}: 1 worker(s), LOST" in done.stdout, done.stdout[-3000:]
+    assert f"re-run after losing {victim.name}" in done.stdout or "lab error" in done.stdout
+    assert not victim.qemu_pids()
