@@ -14,8 +14,3 @@ GUEST_LIB = "/usr/local/lib/fuselab"
 def module_command(name: str) -> str:
     """The guest's command line that runs the guest program `name` (e.g. "stallfs", "probes.dio_probe")."""
     return f"python3 -m pytest_fuselab.guest.{name}"
-
-
-def script_path(name: str) -> str:
-    """Where the guest program `name` lies in the guest, for a program that needs no package (mountproto)."""
-    return f"{GUEST_LIB}/pytest_fuselab/guest/{name.replace('.', '/')}.py"
